@@ -1,0 +1,5 @@
+import sys
+
+from siattn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""FlexAttention backend: the transform as a ``score_mod``, causality as a block mask, compiled.
+
+Works on CPU (forward only: FlexAttention has no CPU backward) and CUDA (forward and backward).
+The score handed to ``score_mod`` already carries the ``scale``; q_idx is the row of the query tensor, so the
+absolute distance is t = q_offset + q_idx − kv_idx.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from siattn.backends.transforms import LogitTransform, alibi_slopes
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _causal_block_mask(tq: int, tk: int, q_offset: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def causal(b, h, q_idx, kv_idx):
+        return q_idx + q_offset >= kv_idx
+
+    return create_block_mask(causal, B=None, H=None, Q_LEN=tq, KV_LEN=tk, device=device)
+
+
+def make_score_mod(transform: LogitTransform, q_offset: int, num_heads: int, device: torch.device):
+    """A FlexAttention score_mod computing L = f(S; t) for ``transform`` (None for the identity).
+
+    The function object is cached per (transform, heads, device) and reads q_offset from a captured tensor,
+    so a new offset (decoding) does not recompile.
+    """
+    if transform.kind == "none":
+        return None
+    score_mod, offset = _score_mod(transform, num_heads, str(device))
+    offset.fill_(q_offset)
+    return score_mod
+
+
+@functools.lru_cache(maxsize=64)
+def _score_mod(transform: LogitTransform, num_heads: int, device: str):
+    offset = torch.zeros((), device=device, dtype=torch.int64)
+    if transform.kind == "alibi":
+        slopes = alibi_slopes(num_heads).to(device=device, dtype=torch.float32)
+
+        def alibi(score, b, h, q_idx, kv_idx):
+            t = (q_idx + offset - kv_idx).abs().to(torch.float32)
+            return score - slopes[h] * t
+
+        return alibi, offset
+    tau, alpha, beta = transform.parameters
+    shift = beta / alpha - math.log(alpha)
+
+    def scale_invariant(score, b, h, q_idx, kv_idx):
+        t = (q_idx + offset - kv_idx).abs().to(torch.float32)
+        a_sq = 2.0 * (torch.log1p(t / tau) + shift)
+        return score * torch.sqrt(a_sq) + (beta / alpha - a_sq)
+
+    return scale_invariant, offset
+
+
+def flex_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, transform: LogitTransform, q_offset: int,
+    causal: bool, scale: float,
+) -> torch.Tensor:
+    """FlexAttention with the logit transform. q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, H, Tq, D)."""
+    out_dtype = q.dtype
+    if q.device.type == "cpu" and q.dtype != torch.float32:
+        q, k, v = q.float(), k.float(), v.float()
+    tq, tk = q.shape[2], k.shape[2]
+    block_mask = _causal_block_mask(tq, tk, q_offset, str(q.device)) if causal else None
+    score_mod = make_score_mod(transform, q_offset, q.shape[1], q.device)
+    out = _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                           enable_gqa=q.shape[1] != k.shape[1])
+    return out.to(out_dtype)
