@@ -16,7 +16,9 @@ def logn_init(train_length: int) -> float:
     return 1.0 / math.log(max(train_length, 2))
 
 
-def logn_query_scale(q: torch.Tensor, s: torch.Tensor | float, q_offset: int, num_keys: int | None = None) -> torch.Tensor:
+def logn_query_scale(
+    q: torch.Tensor, s: torch.Tensor | float, q_offset: int, num_keys: int | None = None
+) -> torch.Tensor:
     """q·s_h·log(n_r) with n_r = q_offset + r + 1 keys seen by query row r (causal), or ``num_keys`` for all rows.
 
     q: (B, H, Tq, D); s: scalar or (H,). Returns q's dtype; math in float32.

@@ -1,0 +1,171 @@
+"""Every backend computes the reference function, forward and backward, on fresh random inputs."""
+
+import pytest
+import torch
+
+from siattn import scale_invariant_attention
+from siattn.backends import LogitTransform, choose_backend, run_backend
+from siattn.backends.chunked import chunked_attention
+from siattn.backends.reference import reference_attention
+
+TRANSFORMS = [LogitTransform("none"), LogitTransform("scale-invariant", tau=10.0),
+              LogitTransform("scale-invariant", tau=0.5, alpha=2.0, beta=3.0), LogitTransform("alibi")]
+# (B, H, Hkv, Tq, Tk, q_offset, D): square, GQA, chunked prefill (q_offset > 0), decode, ragged lengths
+CASES = [
+    (2, 4, 4, 37, 37, 0, 16),
+    (1, 6, 2, 53, 53, 0, 32),
+    (1, 4, 1, 19, 70, 51, 16),
+    (2, 4, 2, 1, 97, 96, 16),
+    (1, 2, 1, 45, 45, 0, 8),
+    (1, 3, 3, 30, 60, 100, 16),  # queries past the last key (q_offset + Tq > Tk)
+]
+
+
+def _inputs(b, h, hkv, tq, tk, d, dtype=torch.float32, grad=False):
+    make = lambda *s: torch.randn(*s, dtype=dtype).requires_grad_(grad)  # noqa: E731
+    return make(b, h, tq, d), make(b, hkv, tk, d), make(b, hkv, tk, d)
+
+
+def _id(case):
+    return "B{}H{}kv{}q{}k{}off{}D{}".format(*case)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=lambda t: f"{t.kind}-tau{t.tau}")
+@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("causal", [True, False])
+def test_chunked_matches_reference_forward_and_backward(transform, case, causal):
+    b, h, hkv, tq, tk, off, d = case
+    q, k, v = _inputs(b, h, hkv, tq, tk, d, grad=True)
+    kw = dict(transform=transform, q_offset=off, causal=causal, scale=d**-0.5)
+    ref = reference_attention(q, k, v, **kw)
+    out = chunked_attention(q, k, v, block_q=16, block_k=24, **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad_out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    for g, rg, name in zip(grads, ref_grads, "qkv"):
+        torch.testing.assert_close(g, rg, rtol=1e-5, atol=1e-5, msg=f"d{name}")
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS[:2] + TRANSFORMS[3:], ids=lambda t: t.kind)
+def test_chunked_gradcheck_float64(transform):
+    q, k, v = _inputs(1, 4, 2, 7, 11, 4, dtype=torch.float64, grad=True)
+    fn = lambda q, k, v: chunked_attention(q, k, v, transform=transform, q_offset=4, causal=True,  # noqa: E731
+                                           scale=0.5, block_q=3, block_k=4)
+    assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-6)
+
+
+def test_reference_gradcheck_float64():
+    q, k, v = _inputs(1, 2, 1, 5, 5, 4, dtype=torch.float64, grad=True)
+    fn = lambda q, k, v: reference_attention(q, k, v, transform=TRANSFORMS[1], q_offset=0,  # noqa: E731
+                                             causal=True, scale=0.5)
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+def test_reference_equals_textbook_formula():
+    """Direct loop over query rows with the schedule written out (independent of the backend helpers)."""
+    from siattn import schedule
+
+    q, k, v = _inputs(1, 1, 1, 6, 9, 4, dtype=torch.float64)
+    off = 3
+    out = reference_attention(q, k, v, transform=TRANSFORMS[1], q_offset=off, causal=True, scale=0.5)
+    for r in range(6):
+        keys = torch.arange(0, min(9, off + r + 1))
+        a, m = schedule((off + r - keys).double())
+        logits = a * (0.5 * q[0, 0, r] @ k[0, 0, keys].T) + m
+        expected = torch.softmax(logits, -1) @ v[0, 0, keys]
+        torch.testing.assert_close(out[0, 0, r], expected)
+
+
+@pytest.mark.parametrize("transform", [TRANSFORMS[0], TRANSFORMS[1], TRANSFORMS[3]], ids=lambda t: t.kind)
+@pytest.mark.parametrize("case", [CASES[1], CASES[2]], ids=_id)
+def test_flex_matches_reference_forward(transform, case):
+    b, h, hkv, tq, tk, off, d = case
+    q, k, v = _inputs(b, h, hkv, tq, tk, d)
+    kw = dict(transform=transform, q_offset=off, causal=True, scale=d**-0.5)
+    torch.testing.assert_close(run_backend(q, k, v, backend="flex", **kw),
+                               reference_attention(q, k, v, **kw), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["chunked", "flex"])
+@pytest.mark.parametrize("transform", [TRANSFORMS[0], TRANSFORMS[1], TRANSFORMS[3]], ids=lambda t: t.kind)
+def test_cuda_backends_match_reference_with_gradients(backend, transform):
+    q, k, v = (x.cuda() for x in _inputs(2, 6, 2, 300, 300, 64))
+    for x in (q, k, v):
+        x.requires_grad_(True)
+    kw = dict(transform=transform, q_offset=0, causal=True, scale=0.125)
+    ref = reference_attention(q, k, v, **kw)
+    out = run_backend(q, k, v, backend=backend, **kw)
+    torch.testing.assert_close(out, ref, rtol=2e-4, atol=2e-4)  # fp32 inputs; flex may use TF32-free fp32 dots
+    g = torch.randn_like(ref)
+    for a, b_ in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b_, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs_use_float32_math(dtype):
+    q, k, v = _inputs(1, 2, 2, 40, 40, 16, dtype=dtype)
+    ref = reference_attention(q.float(), k.float(), v.float(), transform=TRANSFORMS[1], q_offset=0,
+                              causal=True, scale=0.25)
+    out = run_backend(q, k, v, transform=TRANSFORMS[1], scale=0.25, backend="chunked")
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_public_function_defaults():
+    q, k, v = _inputs(1, 2, 1, 33, 33, 16)
+    out = scale_invariant_attention(q, k, v)
+    ref = reference_attention(q, k, v, transform=LogitTransform("scale-invariant"), q_offset=0, causal=True,
+                              scale=0.25)
+    torch.testing.assert_close(out, ref)
+
+
+def test_first_query_attends_only_to_first_key():
+    q, k, v = _inputs(1, 1, 1, 4, 4, 8)
+    out = scale_invariant_attention(q, k, v, backend="chunked")
+    torch.testing.assert_close(out[0, 0, 0], v[0, 0, 0])
+
+
+def test_auto_picks_reference_for_small_and_chunked_for_long_cpu_inputs():
+    small = torch.empty(1, 2, 128, 16)
+    long = torch.empty(1, 4, 8192, 16)
+    assert choose_backend(small, small, TRANSFORMS[1], needs_grad=True) == "reference"
+    assert choose_backend(long, long, TRANSFORMS[1], needs_grad=True) == "chunked"
+
+
+@pytest.mark.parametrize(
+    ("q", "k", "kwargs", "match"),
+    [
+        ((1, 4, 8, 16), (1, 3, 8, 16), {}, "multiple of key/value heads"),
+        ((1, 4, 8), (1, 4, 8, 16), {}, "q must have shape"),
+        ((1, 4, 8, 16), (1, 4, 8, 8), {}, "head_dim differ"),
+        ((2, 4, 8, 16), (1, 4, 8, 16), {}, "batch sizes differ"),
+        ((1, 4, 8, 16), (1, 4, 8, 16), {"q_offset": -1}, "q_offset"),
+        ((1, 4, 8, 16), (1, 4, 8, 16), {"scale": -1.0}, "scale"),
+        ((1, 4, 8, 16), (1, 4, 8, 16), {"backend": "cuda-magic"}, "backend must be one of"),
+        ((1, 4, 8, 16), (1, 4, 8, 16), {"tau": 0.0}, "tau"),
+        ((1, 4, 8, 16), (1, 4, 0, 16), {}, "at least one key"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(q, k, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        scale_invariant_attention(torch.randn(*q), torch.randn(*k), torch.randn(*k), **kwargs)
+
+
+def test_mixed_dtypes_rejected():
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="one dtype"):
+        scale_invariant_attention(q, q.double(), q)
+
+
+def test_integer_inputs_rejected():
+    q = torch.ones(1, 2, 4, 8, dtype=torch.int32)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        scale_invariant_attention(q, q, q)
+
+
+def test_flex_refuses_cpu_backward_with_advice():
+    q, k, v = _inputs(1, 2, 2, 8, 8, 16, grad=True)
+    with pytest.raises(ValueError, match="chunked"):
+        scale_invariant_attention(q, k, v, backend="flex")
