@@ -169,3 +169,27 @@ def test_flex_refuses_cpu_backward_with_advice():
     q, k, v = _inputs(1, 2, 2, 8, 8, 16, grad=True)
     with pytest.raises(ValueError, match="chunked"):
         scale_invariant_attention(q, k, v, backend="flex")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_sdpa_matches_reference_for_plain_logits(case):
+    b, h, hkv, tq, tk, off, d = case
+    q, k, v = _inputs(b, h, hkv, tq, tk, d, grad=True)
+    kw = dict(transform=LogitTransform("none"), q_offset=off, causal=True, scale=d**-0.5)
+    ref = reference_attention(q, k, v, **kw)
+    out = run_backend(q, k, v, backend="sdpa", **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    for a, r in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+def test_sdpa_refuses_transforms():
+    q = torch.randn(1, 2, 8, 16)
+    with pytest.raises(ValueError, match="scale-invariant"):
+        scale_invariant_attention(q, q, q, backend="sdpa")
+
+
+def test_auto_uses_sdpa_for_plain_logits():
+    x = torch.empty(1, 2, 64, 16)
+    assert choose_backend(x, x, LogitTransform("none"), needs_grad=False) == "sdpa"

@@ -9,6 +9,7 @@ column c at position c (t = q_offset + r − c), math in float32, output in q's 
 | reference | materialised scores: the ground truth | O(Tq·Tk) | autograd |
 | chunked | online softmax over key blocks, recomputing backward | O(T·block) | CPU + CUDA |
 | flex | FlexAttention score_mod + block mask (compiled) | O(T) | CUDA only |
+| sdpa | torch's scaled_dot_product_attention; plain logits only | O(T) on CUDA | CPU + CUDA |
 | triton | fused Triton kernel (CUDA, fp16/bf16, head dim 64/128) | O(T) | CUDA |
 """
 
@@ -24,6 +25,7 @@ import torch
 from siattn.backends.chunked import chunked_attention
 from siattn.backends.flex import flex_attention
 from siattn.backends.reference import reference_attention
+from siattn.backends.sdpa import sdpa_attention, sdpa_unsupported
 from siattn.backends.transforms import NO_TRANSFORM, LogitTransform, alibi_slopes, transform_logits
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -64,6 +66,7 @@ def _flex_unsupported(q, k, transform, needs_grad):
 register_backend(Backend("reference", reference_attention, _always, "materialised scores (ground truth)"))
 register_backend(Backend("chunked", chunked_attention, _always, "blockwise online softmax, O(T·block) memory"))
 register_backend(Backend("flex", flex_attention, _flex_unsupported, "FlexAttention score_mod + block mask"))
+register_backend(Backend("sdpa", sdpa_attention, sdpa_unsupported, "torch SDPA (flash), no logit transform"))
 
 # Backends that live in optional modules, imported on first use on a device where they can run.
 _OPTIONAL_BACKENDS = {"triton": "siattn.backends.triton"}
@@ -85,8 +88,10 @@ def backend_names() -> list[str]:
 
 
 def choose_backend(q: torch.Tensor, k: torch.Tensor, transform: LogitTransform, needs_grad: bool) -> str:
-    """The backend ``auto`` runs: on CUDA the fused kernel, else FlexAttention, else chunked; on CPU the
-    reference while the score matrix is small, else chunked."""
+    """The backend ``auto`` runs. Plain logits: SDPA (FlashAttention). Otherwise on CUDA the fused kernel, else
+    FlexAttention, else chunked; on CPU the reference while the score matrix is small, else chunked."""
+    if transform.kind == "none" and q.dtype != torch.float64:
+        return "sdpa"
     if q.device.type == "cuda":
         for name in ("triton", "flex"):
             if (name in BACKENDS or (name in _OPTIONAL_BACKENDS and _load_optional(name))) and \

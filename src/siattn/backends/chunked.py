@@ -51,7 +51,7 @@ def _block_logits(
 
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, transform, q_offset, causal, scale, block_q, block_k):  # noqa: D102
+    def forward(ctx, q, k, v, transform, q_offset, causal, scale, block_q, block_k):
         batch, heads, tq, dim = q.shape
         hkv, tk, dv = k.shape[1], k.shape[2], v.shape[-1]
         cd = compute_dtype(q.dtype)
@@ -86,7 +86,7 @@ class _ChunkedAttention(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
         transform, q_offset, causal, scale, block_q, block_k = ctx.config
         batch, heads, tq, dim = q.shape
