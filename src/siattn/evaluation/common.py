@@ -1,0 +1,211 @@
+"""What every evaluation shares: device and precision, checkpoints to evaluate, lengths, files.
+
+    ckpt = load_for_eval("runs/cpu-tiny-si-p-rope", device="cpu")   # model in eval mode + its configs
+    lengths = eval_lengths(ckpt.train_length, multipliers=(1, 4, 16))  # [512, 2048, 8192]
+    with autocast(ckpt.device, "auto"):                               # bfloat16 on CUDA, nothing on CPU
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_MULTIPLIERS = (1, 4, 16)
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def amp_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``dtype`` on ``device``: ``auto`` is bfloat16 on CUDA, none (float32) on CPU."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if dtype == "float32" or (dtype == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: str = "auto") -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for :func:`amp_dtype`, or a no-op context when that is float32."""
+    dt = amp_dtype(device, dtype)
+    if dt is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dt)
+
+
+@dataclass
+class Checkpoint:
+    """A model to evaluate with what the evaluations need to know about how it was trained."""
+
+    label: str
+    path: str
+    model: torch.nn.Module
+    config: Any  # siattn.model.GPTConfig
+    train_config: Any | None  # siattn.model.TrainConfig, when the checkpoint holds one
+    step: int
+    device: torch.device
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def train_length(self) -> int:
+        return int(self.config.train_length)
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON-able facts a result file records about this checkpoint."""
+        return {"label": self.label, "path": self.path, "method": self.method,
+                "train_length": self.train_length, "step": self.step,
+                "params": sum(p.numel() for p in self.model.parameters())}
+
+
+def load_for_eval(path: str | Path, device: torch.device | str = "cpu", *, label: str | None = None,
+                  attn_backend: str | None = None) -> Checkpoint:
+    """Load a checkpoint (a checkpoint folder or a run folder: its newest) in eval mode on ``device``."""
+    from siattn.model import TrainConfig, load_checkpoint
+
+    device = torch.device(device)
+    model, config, extra = load_checkpoint(path, device=device, attn_backend=attn_backend)
+    train_config = None
+    if extra.get("train_config"):
+        train_config = TrainConfig.from_dict(dict(extra["train_config"]))
+    return Checkpoint(label=label or config.method, path=str(extra.get("path", path)), model=model,
+                      config=config, train_config=train_config, step=int(extra.get("step", 0)), device=device,
+                      info={k: extra[k] for k in ("metrics",) if k in extra})
+
+
+def unique_labels(names: Sequence[str]) -> list[str]:
+    """``names`` with repeats made distinct by a suffix: [rope, rope, alibi] -> [rope, rope-2, alibi]."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return out
+
+
+def load_checkpoints(paths: Sequence[str], device: torch.device, labels: Sequence[str] | None = None,
+                     attn_backend: str | None = None) -> Iterator[Checkpoint]:
+    """Load the checkpoints one at a time (only one model in memory), labelled by ``labels`` or their method
+    (made unique). The labels are settled before any model is loaded, from each checkpoint's state.json."""
+    from siattn.model import read_checkpoint_state
+
+    if labels and len(labels) != len(paths):
+        raise ValueError(f"{len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
+    if not labels:
+        methods = [read_checkpoint_state(p, verify=False)[1]["model_config"]["method"] for p in paths]
+        labels = unique_labels(methods)
+    for path, label in zip(paths, labels):
+        yield load_for_eval(path, device, label=label, attn_backend=attn_backend)
+
+
+def eval_lengths(train_length: int, multipliers: Sequence[int] = DEFAULT_MULTIPLIERS,
+                 lengths: Sequence[int] | None = None) -> list[int]:
+    """``lengths`` when given, else ``multipliers`` × the training length; sorted and without repeats."""
+    out = [int(n) for n in lengths] if lengths else [int(m * train_length) for m in multipliers]
+    if not out or min(out) < 1:
+        raise ValueError(f"evaluation lengths must be positive, got {out}")
+    return sorted(set(out))
+
+
+def open_validation_data(data: str | None, checkpoint: Checkpoint) -> Any:
+    """The :class:`siattn.data.TokenDataset` at ``data``, or the one the checkpoint was trained on."""
+    from siattn.data import TokenDataset
+
+    path = data or (checkpoint.train_config.data if checkpoint.train_config is not None else None)
+    if path is None:
+        raise ValueError(f"{checkpoint.path}: the checkpoint does not say what data it was trained on; pass "
+                         "--data PATH (a prepared dataset folder)")
+    if not Path(path).expanduser().exists():
+        where = "--data" if data else checkpoint.path
+        raise ValueError(f"dataset {path!r} (from {where}) does not exist here; pass --data PATH, or prepare "
+                         "it with `siattn data prepare`")
+    return TokenDataset(path)
+
+
+def lcm(values: Sequence[int]) -> int:
+    out = 1
+    for v in values:
+        out = out * int(v) // math.gcd(out, int(v))
+    return out
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when there is no such file (or it is not valid JSON)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically (a crash leaves the previous file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table; floats with 3 decimals, None as an em dash."""
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def command_line(args: Any, name: str) -> str:
+    """The command that made a result: ``sys.argv`` if it ran ``siattn NAME``, else rebuilt from ``args``."""
+    import shlex
+    import sys
+
+    if name in sys.argv[1:2]:
+        return "siattn " + shlex.join(sys.argv[1:])
+    parts = [f"siattn {name}"]
+    for key, value in vars(args).items():
+        if key.startswith("_") or key == "command" or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list | tuple):
+            parts.append(f"{flag} {shlex.join(str(v) for v in value)}")
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+def length_label(length: int, train_length: int | None = None) -> str:
+    """``8192`` -> ``"8k"``; with a training length, ``"8k (16×)"``."""
+    text = f"{length // 1024}k" if length % 1024 == 0 else str(length)
+    if train_length and length % train_length == 0:
+        text += f" ({length // train_length}×)"
+    return text

@@ -1,0 +1,181 @@
+"""Validation loss at several context lengths, and loss as a function of position in the sequence.
+
+    res = loss_at_length(model, ds.val, length=8192, n_tokens=1 << 16)      # one length
+    res.loss                                    # mean nats/token over exactly n_tokens scored targets
+    res.position_loss()                         # (8192,) mean loss at each position over the windows
+    res.binned()                                # the same on log-spaced position bins (for a log-x plot)
+
+Every length scores the same ``n_tokens`` targets on the same stretch of the validation split (the first
+``n_tokens + 1`` tokens, cut into non-overlapping windows: :func:`siattn.data.validation_windows`), so losses
+are comparable across lengths. Memory: no gradients, one batch of windows at a time, the model's attention is
+:func:`siattn.attention` (O(T) backends for long inputs), and for large T × vocab the output head and the
+cross-entropy run over slices of the sequence (``head_chunk``) instead of materialising all the logits.
+
+Position p (1-based) is the number of tokens the prediction sees: index i of a window is position i + 1.
+Log bins (:func:`log_bin_edges`) sit at floor(10^(k / bins_per_decade)) for every length, so the bins of
+different lengths and checkpoints line up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from siattn.evaluation.common import autocast, lcm
+
+# above this many logits (T × padded vocab per forward) the head runs over slices of the sequence
+HEAD_CHUNK_THRESHOLD = 1 << 26
+DEFAULT_HEAD_CHUNK = 8192
+DEFAULT_BINS_PER_DECADE = 10
+
+
+def log_bin_edges(length: int, bins_per_decade: int = DEFAULT_BINS_PER_DECADE) -> np.ndarray:
+    """Integer edges 1 = e_0 < e_1 < ... < e_k = length + 1 of log-spaced bins over positions 1..length.
+
+    Bin j holds positions [e_j, e_{j+1}); interior edges are floor(10^(i / bins_per_decade)) (repeats
+    dropped, so the first bins are single positions), identical for every length up to the cut at length + 1.
+    """
+    if length < 1 or bins_per_decade < 1:
+        raise ValueError(f"length and bins_per_decade must be >= 1, got {length}, {bins_per_decade}")
+    n = math.ceil(math.log10(length + 1) * bins_per_decade) + 1
+    raw = np.floor(10.0 ** (np.arange(n + 1) / bins_per_decade) + 1e-9).astype(np.int64)
+    return np.unique(np.concatenate([raw[raw < length + 1], [length + 1]]))
+
+
+def bin_by_position(loss_sum: np.ndarray, count: np.ndarray | int,
+                    bins_per_decade: int = DEFAULT_BINS_PER_DECADE) -> dict[str, list]:
+    """Log-binned mean loss. ``loss_sum[i]``: summed loss at position i + 1 over ``count`` windows (an int,
+    or one count per position). Returns lists: ``start``/``end`` (first/last position of each bin, inclusive),
+    ``center`` (geometric mean of start and end), ``count`` (tokens in the bin), ``loss`` (their mean)."""
+    loss_sum = np.asarray(loss_sum, dtype=np.float64)
+    length = len(loss_sum)
+    counts = np.broadcast_to(np.asarray(count, dtype=np.float64), (length,))
+    edges = log_bin_edges(length, bins_per_decade)
+    sums = np.add.reduceat(loss_sum, edges[:-1] - 1)
+    cnts = np.add.reduceat(counts, edges[:-1] - 1)
+    start, end = edges[:-1], edges[1:] - 1
+    return {"start": start.tolist(), "end": end.tolist(), "center": np.sqrt(start * end).tolist(),
+            "count": cnts.astype(np.int64).tolist(), "loss": (sums / np.maximum(cnts, 1)).tolist()}
+
+
+@torch.no_grad()
+def per_token_losses(model: nn.Module, idx: torch.Tensor, targets: torch.Tensor, *,
+                     context_length: int | None = None, head_chunk: int | None = None) -> torch.Tensor:
+    """Cross-entropy (B, T) float32 of ``model`` on ``idx`` -> ``targets`` (0 where the target is -1).
+
+    ``head_chunk``: tokens per slice of the output head (None: slice only when B·T·vocab is large, 0: never).
+    Slicing runs the model with its head swapped for the identity (so its forward returns the normalised final
+    hidden states) and applies the head slice by slice: the same numbers without the (B, T, vocab) logits.
+    """
+    B, T = idx.shape
+    head = getattr(model, "lm_head", None)
+    if head_chunk is None:
+        vocab = head.out_features if isinstance(head, nn.Linear) else 0
+        head_chunk = DEFAULT_HEAD_CHUNK if B * T * vocab > HEAD_CHUNK_THRESHOLD else 0
+    if not head_chunk or not isinstance(head, nn.Linear) or head_chunk >= B * T:
+        _, losses = model(idx, targets, context_length=context_length, return_per_token_loss=True)
+        return losses.float()
+    model.lm_head = nn.Identity()
+    try:
+        hidden, _ = model(idx, None, context_length=context_length)  # (B, T, C): norm(x), as float32
+    finally:
+        model.lm_head = head
+    hidden = hidden.reshape(B * T, -1)
+    flat_targets = targets.reshape(B * T)
+    out = torch.empty(B * T, dtype=torch.float32, device=idx.device)
+    for lo in range(0, B * T, head_chunk):
+        logits = head(hidden[lo:lo + head_chunk].to(head.weight.dtype)).float()
+        out[lo:lo + head_chunk] = F.cross_entropy(logits, flat_targets[lo:lo + head_chunk], ignore_index=-1,
+                                                  reduction="none")
+    return out.view(B, T)
+
+
+@dataclass
+class LengthLoss:
+    """Validation loss at one context length."""
+
+    length: int
+    tokens: int  # scored targets
+    windows: int
+    loss_sum: float
+    position_loss_sum: np.ndarray  # (length,) summed over windows
+
+    @property
+    def loss(self) -> float:
+        """Mean nats/token."""
+        return self.loss_sum / max(self.tokens, 1)
+
+    def position_loss(self) -> np.ndarray:
+        """(length,) mean loss at each position over the windows."""
+        return self.position_loss_sum / max(self.windows, 1)
+
+    def binned(self, bins_per_decade: int = DEFAULT_BINS_PER_DECADE) -> dict[str, list]:
+        return bin_by_position(self.position_loss_sum, self.windows, bins_per_decade)
+
+    def to_dict(self, bins_per_decade: int = DEFAULT_BINS_PER_DECADE) -> dict[str, Any]:
+        return {"length": self.length, "loss": self.loss, "perplexity": math.exp(min(self.loss, 700.0)),
+                "tokens": self.tokens, "windows": self.windows, "positions": self.binned(bins_per_decade)}
+
+
+def scored_tokens(n_tokens: int, lengths: Sequence[int]) -> int:
+    """The largest count <= ``n_tokens`` that every length divides (each length scores exactly that many)."""
+    step = lcm(lengths)
+    n = (int(n_tokens) // step) * step
+    if n == 0:
+        raise ValueError(f"--tokens {n_tokens} is less than one window of every length (lcm {step}); use at "
+                         f"least {step}")
+    return n
+
+
+@torch.no_grad()
+def loss_at_length(model: nn.Module, tokens: Any, length: int, n_tokens: int, *, batch_size: int = 1,
+                   dtype: str = "auto", head_chunk: int | None = None, progress: bool = True,
+                   desc: str | None = None) -> LengthLoss:
+    """Mean loss over the first ``n_tokens`` targets of ``tokens`` (a TokenArray, array or list) in
+    non-overlapping windows of ``length``, ``batch_size`` windows per forward. ``n_tokens`` must be a multiple
+    of ``length``. ``dtype``: ``auto`` (bfloat16 autocast on CUDA), ``float32`` or ``bfloat16``."""
+    from siattn.data import validation_windows
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n_windows = n_tokens // length
+    pos_sum = torch.zeros(length, dtype=torch.float64, device=device)
+    bar = tqdm(total=n_windows, desc=desc or f"loss@{length}", unit="win", disable=not progress, leave=False)
+    try:
+        for w in validation_windows(tokens, length, n_tokens, batch_size=batch_size):
+            w = w.to(device)
+            with autocast(device, dtype):
+                losses = per_token_losses(model, w[:, :-1], w[:, 1:], context_length=length,
+                                          head_chunk=head_chunk)
+            pos_sum += losses.double().sum(0)
+            bar.update(w.shape[0])
+    finally:
+        bar.close()
+        model.train(was_training)
+    position_loss_sum = pos_sum.cpu().numpy()
+    total = float(position_loss_sum.sum())
+    if not math.isfinite(total):
+        raise FloatingPointError(f"non-finite validation loss at length {length}")
+    return LengthLoss(length=length, tokens=n_windows * length, windows=n_windows, loss_sum=total,
+                      position_loss_sum=position_loss_sum)
+
+
+def loss_at_lengths(model: nn.Module, tokens: Any, lengths: Sequence[int], n_tokens: int, *,
+                   batch_tokens: int | None = None, **kwargs: Any) -> dict[int, LengthLoss]:
+    """:func:`loss_at_length` at every length, each scoring :func:`scored_tokens` (``n_tokens``, lengths)
+    targets. ``batch_tokens``: windows per forward = max(1, batch_tokens // length) (None: one window)."""
+    n = scored_tokens(n_tokens, lengths)
+    out = {}
+    for length in lengths:
+        batch = max(1, batch_tokens // length) if batch_tokens else 1
+        out[int(length)] = loss_at_length(model, tokens, int(length), n, batch_size=batch, **kwargs)
+    return out

@@ -1,0 +1,235 @@
+"""``siattn needle``: needle-in-a-haystack (the paper's task) or passkey retrieval; accuracy by length, depth.
+
+    siattn needle --checkpoint runs/cpu-tiny-si-p-rope --out results/needle-cpu-tiny
+    siattn needle --task passkey --checkpoint runs/cpu-tiny-si-p-rope --trials 50
+
+needle: fine-tune each checkpoint on three-needle examples at its training length (haystacks from the
+training split; 100 warm-up, 100 constant, 100 linear-decay steps with the model's own optimisers), then
+decode greedily with the KV cache on ``--trials`` examples per length (haystacks from the validation split)
+at 1×, 4×, 16× the training length. passkey: the same, zero-shot by default (``--finetune`` adds a
+fine-tuned stage).
+Writes ``{task}.json`` (every trial's output), ``{task}.md`` (accuracy, rows: checkpoints, columns: lengths)
+and ``{task}-heatmap-{stage}.png`` (accuracy by needle depth × length). Finished lengths in ``{task}.json``
+with the same settings are kept (``--no-resume`` redoes them); ``--save-finetuned`` keeps the fine-tuned
+weights, which a resumed run reuses instead of fine-tuning again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from siattn.evaluation.common import (
+    Checkpoint,
+    command_line,
+    eval_lengths,
+    length_label,
+    load_checkpoints,
+    markdown_table,
+    open_validation_data,
+    read_json,
+    resolve_device,
+    write_json,
+)
+from siattn.recipes.evaluate import add_model_arguments
+
+HELP = "Needle-in-a-haystack or passkey retrieval: accuracy by context length and needle depth."
+DEFAULT_TRIALS = {"needle": 100, "passkey": 50}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=("needle", "passkey"), default="needle",
+                   help="needle: three city/number needles in validation text (the paper's task); passkey: "
+                        "one 5-digit key in filler sentences (Mohtashami & Jaggi)")
+    add_model_arguments(p)
+    p.add_argument("--tokenizer", metavar="SPEC",
+                   help="tokenizer to write the prompts with (default: the dataset's); needed when the "
+                        "dataset holds bare ids, e.g. hf:/path/to/gpt2/tokenizer.json")
+    p.add_argument("--trials", type=int, default=None,
+                   help="examples per length (default: 100 needle, 50 passkey)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the examples and the fine-tuning data")
+    p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=None,
+                   help="fine-tune before evaluating (default: yes for needle, no for passkey)")
+    p.add_argument("--zero-shot", action=argparse.BooleanOptionalAction, default=None,
+                   help="also evaluate before fine-tuning (default: no for needle, yes for passkey)")
+    p.add_argument("--warmup", type=int, default=100, help="fine-tuning: linear warm-up steps")
+    p.add_argument("--constant", type=int, default=100, help="fine-tuning: constant-lr steps")
+    p.add_argument("--decay", type=int, default=100, help="fine-tuning: steps of linear decay to 0")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="fine-tuning sequences per step (default: the checkpoint's training batch size)")
+    p.add_argument("--micro-batch-size", type=int, default=None,
+                   help="sequences per forward (default: the checkpoint's, else the batch size)")
+    p.add_argument("--lr-scale", type=float, default=1.0,
+                   help="multiplies every learning rate of the checkpoint's training configuration")
+    p.add_argument("--margin", type=int, default=2, help="tokens decoded beyond the answer's length")
+    p.add_argument("--depth-bins", type=int, default=10, help="rows of the depth × length heat map")
+    p.add_argument("--save-finetuned", action="store_true",
+                   help="save the fine-tuned weights under OUT/finetuned-{task}/{label} (reused on resume)")
+    p.add_argument("--out", default=None, help="output folder (default: results/{task})")
+
+
+def stage_settings(args: argparse.Namespace, stage: str, ckpt: Checkpoint, batch: int) -> dict[str, Any]:
+    """What a stage's numbers depend on: results kept for resume must have been made with the same."""
+    s = {"trials": args.trials, "seed": args.seed, "margin": args.margin, "path": ckpt.path}
+    if stage == "finetuned":
+        s |= {"warmup": args.warmup, "constant": args.constant, "decay": args.decay, "batch_size": batch,
+              "lr_scale": args.lr_scale}
+    return s
+
+
+def make_task(name: str, tokens: Any, tokenizer: Any) -> Any:
+    from siattn.evaluation.needle import NeedleTask
+    from siattn.evaluation.passkey import PasskeyTask
+
+    return NeedleTask(tokens, tokenizer) if name == "needle" else PasskeyTask(tokenizer)
+
+
+def write_reports(out: Path, result: dict[str, Any], depth_bins: int) -> str:
+    """{task}.md and the heat maps from the JSON contents; returns the accuracy table."""
+    from siattn.evaluation.needle import depth_accuracy
+    from siattn.evaluation.plots import plot_depth_heatmaps
+
+    task = result["task"]
+    entries = result["checkpoints"]
+    all_lengths = sorted({int(L) for e in entries.values() for st in e["stages"].values()
+                          for L in st["lengths"]})
+    train_lengths = {e["train_length"] for e in entries.values()}
+    common = next(iter(train_lengths)) if len(train_lengths) == 1 else None
+    cols = [length_label(L, common) for L in all_lengths]
+    acc_rows, part_rows = [], []
+    panels: dict[str, list[dict[str, Any]]] = {}
+    for label, e in entries.items():
+        for stage, st in e["stages"].items():
+            cells = [st["lengths"].get(str(L)) for L in all_lengths]
+            acc_rows.append([label, stage, *[c["accuracy"] if c else None for c in cells]])
+            part_rows.append([label, stage, *[f"{c['key_accuracy']:.3f} / {c['value_accuracy']:.3f}"
+                                              if c else None for c in cells]])
+            if st["lengths"]:
+                acc, _, lengths = depth_accuracy({int(L): r for L, r in st["lengths"].items()}, depth_bins)
+                panels.setdefault(stage, []).append({"title": f"{label} ({stage})", "accuracy": acc,
+                                                     "col_labels": [length_label(L) for L in lengths]})
+    table = markdown_table(["checkpoint", "stage", *cols], acc_rows)
+    what = ("a needle counts when its city and its number are both right" if task == "needle"
+            else "exact match of the first integer in the greedy output")
+    text = [f"# {task}: retrieval accuracy by context length\n",
+            f"{result['trials']} examples per length, seed {result['seed']}; {what}.\n", table]
+    if task == "needle":
+        text += ["\nCity / number accuracy (each counted alone):\n",
+                 markdown_table(["checkpoint", "stage", *cols], part_rows)]
+    text.append(f"\nCommand: `{result['command']}`  \nDevice: {result['device']}, dtype {result['dtype']}; "
+                f"siattn {result['version']}; {result['date']}\n")
+    (out / f"{task}.md").write_text("\n".join(text))
+    for stage, ps in panels.items():
+        plot_depth_heatmaps(ps, out / f"{task}-heatmap-{stage}.png",
+                            title=f"{task}: accuracy by depth and length")
+    return table
+
+
+def run_stage(args: argparse.Namespace, stage: str, model: Any, *, ckpt: Checkpoint, task: Any,
+              tokenizer: Any, lengths: list[int], entry: dict[str, Any], old: dict[str, Any],
+              settings: dict[str, Any],
+              extra: dict[str, Any], result: dict[str, Any], json_path: Path) -> None:
+    """Evaluate ``model`` at every length not already in ``old`` (made with the same settings); record the
+    results in ``entry["stages"][stage]`` and save ``result`` to ``json_path`` after each length."""
+    from siattn.evaluation.needle import decoding_model, evaluate_retrieval
+
+    done = ({int(L): r for L, r in old.get("lengths", {}).items()} if old.get("settings") == settings else {})
+    st = {"settings": settings, **extra, "lengths": {str(L): r for L, r in sorted(done.items())}}
+    entry["stages"][stage] = st
+    if all(L in done for L in lengths):
+        print(f"{ckpt.label} {stage}: every length kept from {json_path}")
+        return
+
+    def save(length: int, res: dict[str, Any]) -> None:
+        st["lengths"][str(length)] = res
+        print(f"{ckpt.label} {stage} @ {length}: accuracy {res['accuracy']:.3f} "
+              f"({res['needles']} needles in {res['trials']} trials)")
+        write_json(json_path, result)
+
+    evaluate_retrieval(decoding_model(model, args.dtype), task, lengths, args.trials, done=done,
+                       on_result=save, seed=args.seed, eod_id=tokenizer.eod_id, decode=tokenizer.decode,
+                       margin=args.margin, progress=args.progress)
+
+
+def main(args: argparse.Namespace) -> int:
+    import siattn
+    from siattn.data import load_tokenizer
+    from siattn.evaluation.needle import finetune
+    from siattn.model import TrainConfig, load_checkpoint, save_checkpoint
+
+    task_name = args.task
+    args.trials = args.trials or DEFAULT_TRIALS[task_name]
+    do_finetune = args.finetune if args.finetune is not None else task_name == "needle"
+    zero_shot = args.zero_shot if args.zero_shot is not None else task_name == "passkey"
+    if not (do_finetune or zero_shot):
+        raise SystemExit("nothing to do: --no-zero-shot and --no-finetune together leave no stage to run")
+    out = Path(args.out or f"results/{task_name}")
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)
+    json_path = out / f"{task_name}.json"
+    previous = (read_json(json_path) or {}) if args.resume else {}
+    if previous.get("task") != task_name:
+        previous = {}
+    result: dict[str, Any] = {
+        "task": task_name, "command": command_line(args, "needle"), "trials": args.trials, "seed": args.seed,
+        "device": str(device), "dtype": args.dtype, "version": siattn.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"), "checkpoints": {},
+    }
+    tokenizer_override = load_tokenizer(args.tokenizer) if args.tokenizer else None
+
+    for ckpt in load_checkpoints(args.checkpoint, device, args.labels, args.attn_backend):
+        needs_data = task_name == "needle" or tokenizer_override is None
+        ds = open_validation_data(args.data, ckpt) if needs_data else None
+        tokenizer = tokenizer_override or ds.tokenizer
+        if tokenizer.vocab_size > ckpt.config.vocab_size:
+            raise SystemExit(f"tokenizer {tokenizer.spec!r} has {tokenizer.vocab_size} ids but {ckpt.label} "
+                             f"was trained on {ckpt.config.vocab_size}: use the tokenizer of its data")
+        lengths = eval_lengths(ckpt.train_length, args.multipliers, args.lengths)
+        train_config = ckpt.train_config
+        if train_config is None:
+            print(f"{ckpt.label}: the checkpoint holds no training configuration; fine-tuning with the "
+                  "paper's learning rates")
+            train_config = TrainConfig(model=ckpt.config)
+        batch = args.batch_size or train_config.batch_size
+        micro = args.micro_batch_size or train_config.micro_batch_size or batch
+        old = previous.get("checkpoints", {}).get(ckpt.label, {}).get("stages", {})
+        entry: dict[str, Any] = {**ckpt.describe(), "stages": {}}
+        result["checkpoints"][ckpt.label] = entry
+        eval_task = make_task(task_name, ds.val if ds else None, tokenizer)
+        common = dict(ckpt=ckpt, task=eval_task, tokenizer=tokenizer, lengths=lengths, entry=entry,
+                      result=result, json_path=json_path)
+
+        if zero_shot:
+            run_stage(args, "zero-shot", ckpt.model, old=old.get("zero-shot", {}),
+                      settings=stage_settings(args, "zero-shot", ckpt, batch), extra={}, **common)
+        if do_finetune:
+            settings = stage_settings(args, "finetuned", ckpt, batch)
+            prev = old.get("finetuned", {})
+            same = prev.get("settings") == settings
+            saved = out / f"finetuned-{task_name}" / ckpt.label
+            model, ft = ckpt.model, prev.get("finetune", {})
+            if same and all(str(L) in prev.get("lengths", {}) for L in lengths):
+                pass  # every length is done: no need for the fine-tuned model
+            elif same and (saved / "COMPLETE").exists():
+                print(f"{ckpt.label}: reusing the fine-tuned weights in {saved}")
+                model, _, _ = load_checkpoint(saved, device, attn_backend=args.attn_backend)
+            else:
+                ft_task = make_task(task_name, ds.train if ds else None, tokenizer)
+                ft = finetune(model, ft_task, length=ckpt.train_length, train_config=train_config,
+                              warmup=args.warmup, constant=args.constant, decay=args.decay, batch_size=batch,
+                              micro_batch_size=micro, lr_scale=args.lr_scale, seed=args.seed,
+                              dtype=args.dtype, progress=args.progress, log=print)
+                if args.save_finetuned:
+                    save_checkpoint(saved, model=model, config=ckpt.config, train_config=train_config,
+                                    step=ckpt.step, extra={"finetuned": task_name, "from": ckpt.path},
+                                    save_rng=False)
+            run_stage(args, "finetuned", model, old=prev, settings=settings, extra={"finetune": ft}, **common)
+            del model
+        write_json(json_path, result)
+        del ckpt
+
+    table = write_reports(out, result, args.depth_bins)
+    print(f"\n{table}\nwrote {json_path}, {out / f'{task_name}.md'} and the heat maps in {out}")
+    return 0
