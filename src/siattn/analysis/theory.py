@@ -351,7 +351,7 @@ def plot_figures(results: dict, out: Path) -> list[Path]:
            title="Global entropy, IID N(0,1) scores")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    paths.append(_save(fig, out / "global_entropy.png"))
+    paths.append(save_figure(fig, out / "global_entropy.png"))
 
     fig, axes = plt.subplots(1, len(cfg["deltas"]), figsize=(4.2 * len(cfg["deltas"]), 4), sharey=True)
     for ax, d in zip(np.atleast_1d(axes), cfg["deltas"]):
@@ -366,7 +366,7 @@ def plot_figures(results: dict, out: Path) -> list[Path]:
     np.atleast_1d(axes)[0].set_ylabel("entropy (nats)")
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.suptitle(f"Range entropy (LogN query sees N = {cfg['max_n']:,} keys); band: ±2 SE", fontsize=10)
-    paths.append(_save(fig, out / "range_entropy.png"))
+    paths.append(save_figure(fig, out / "range_entropy.png"))
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for s in SCHEMES:
@@ -384,11 +384,11 @@ def plot_figures(results: dict, out: Path) -> list[Path]:
            title=f"Last-{cfg['last_k']} attention mass (mean ± 2 SE)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    paths.append(_save(fig, out / "last_k_mass.png"))
+    paths.append(save_figure(fig, out / "last_k_mass.png"))
     return paths
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
