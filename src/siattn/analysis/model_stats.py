@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from siattn.analysis import metrics
-from siattn.analysis.theory import save_figure, fit_line, log_grid
+from siattn.analysis.theory import fit_line, log_grid, save_figure
 from siattn.backends.transforms import transform_logits
 from siattn.model.gpt import norm
 from siattn.positional import apply_rotary
