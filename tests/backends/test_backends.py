@@ -130,8 +130,8 @@ def test_first_query_attends_only_to_first_key():
 def test_auto_picks_reference_for_small_and_chunked_for_long_cpu_inputs():
     small = torch.empty(1, 2, 128, 16)
     long = torch.empty(1, 4, 8192, 16)
-    assert choose_backend(small, small, TRANSFORMS[1], needs_grad=True) == "reference"
-    assert choose_backend(long, long, TRANSFORMS[1], needs_grad=True) == "chunked"
+    assert choose_backend(small, small, small, TRANSFORMS[1], needs_grad=True) == "reference"
+    assert choose_backend(long, long, long, TRANSFORMS[1], needs_grad=True) == "chunked"
 
 
 @pytest.mark.parametrize(
@@ -192,4 +192,4 @@ def test_sdpa_refuses_transforms():
 
 def test_auto_uses_sdpa_for_plain_logits():
     x = torch.empty(1, 2, 64, 16)
-    assert choose_backend(x, x, LogitTransform("none"), needs_grad=False) == "sdpa"
+    assert choose_backend(x, x, x, LogitTransform("none"), needs_grad=False) == "sdpa"

@@ -39,7 +39,7 @@ class Backend:
 
     name: str
     fn: Callable[..., torch.Tensor]
-    unsupported: Callable[[torch.Tensor, torch.Tensor, LogitTransform, bool], str | None]
+    unsupported: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LogitTransform, bool], str | None]
     description: str
 
 
@@ -51,11 +51,11 @@ def register_backend(backend: Backend) -> None:
     BACKENDS[backend.name] = backend
 
 
-def _always(q, k, transform, needs_grad):
+def _always(q, k, v, transform, needs_grad):
     return None
 
 
-def _flex_unsupported(q, k, transform, needs_grad):
+def _flex_unsupported(q, k, v, transform, needs_grad):
     if q.dtype == torch.float64:
         return "FlexAttention does not compile float64"
     if needs_grad and q.device.type == "cpu":
@@ -87,7 +87,9 @@ def backend_names() -> list[str]:
     return ["auto", *BACKENDS, *(n for n in _OPTIONAL_BACKENDS if n not in BACKENDS)]
 
 
-def choose_backend(q: torch.Tensor, k: torch.Tensor, transform: LogitTransform, needs_grad: bool) -> str:
+def choose_backend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, transform: LogitTransform, needs_grad: bool
+) -> str:
     """The backend ``auto`` runs. Plain logits: SDPA (FlashAttention). Otherwise on CUDA the fused kernel, else
     FlexAttention, else chunked; on CPU the reference while the score matrix is small, else chunked."""
     if transform.kind == "none" and q.dtype != torch.float64:
@@ -95,7 +97,7 @@ def choose_backend(q: torch.Tensor, k: torch.Tensor, transform: LogitTransform, 
     if q.device.type == "cuda":
         for name in ("triton", "flex"):
             if (name in BACKENDS or (name in _OPTIONAL_BACKENDS and _load_optional(name))) and \
-                    BACKENDS[name].unsupported(q, k, transform, needs_grad) is None:
+                    BACKENDS[name].unsupported(q, k, v, transform, needs_grad) is None:
                 return name
         return "chunked"
     scores = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
@@ -142,11 +144,11 @@ def run_backend(
         raise ValueError(f"scale must be a finite number > 0 or None (1/sqrt(head_dim)), got {scale!r}")
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if backend == "auto":
-        backend = choose_backend(q, k, transform, needs_grad)
+        backend = choose_backend(q, k, v, transform, needs_grad)
     elif backend not in BACKENDS and not (backend in _OPTIONAL_BACKENDS and _load_optional(backend)):
         raise ValueError(f"backend must be one of {backend_names()}, got {backend!r}")
     impl = BACKENDS[backend]
-    reason = impl.unsupported(q, k, transform, needs_grad)
+    reason = impl.unsupported(q, k, v, transform, needs_grad)
     if reason is not None:
         raise ValueError(f"backend {backend!r} cannot run these inputs: {reason}")
     return impl.fn(q, k, v, transform=transform, q_offset=q_offset, causal=causal, scale=float(scale))

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from siattn.backends.transforms import LogitTransform
 
 
-def sdpa_unsupported(q: torch.Tensor, k: torch.Tensor, transform: LogitTransform, needs_grad: bool) -> str | None:
+def sdpa_unsupported(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, transform: LogitTransform, needs_grad: bool
+) -> str | None:
     """Why SDPA cannot compute these inputs exactly, or None."""
     if transform.kind != "none":
         return f"SDPA has no {transform.kind} logit transform"

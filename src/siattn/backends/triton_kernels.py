@@ -1,0 +1,602 @@
+"""Triton kernels behind :mod:`siattn.backends.triton` (imported only where triton is installed).
+
+Every kernel works in the log2 domain. For a raw dot product ``qk = q·k`` (no scale), a key t = q_pos − k_pos
+back, and ``qk_scale = scale·log2(e)``, the kernels use
+
+    none:             v = qk_scale·qk
+    alibi:            v = qk_scale·qk − slope_h·log2(e)·t
+    scale-invariant:  v = b·qk − γ·b²,  b = qk_scale·a_t,  γ = log2(e)/qk_scale²
+
+so that v = log2(e)·(L − β/α) with L = a_t·s + m_t, s = scale·qk, m_t = β/α − a_t². The constant β/α cancels in
+the softmax. Per tile the scale-invariant slope b is computed in one of two ways:
+
+* exact (ORDER == 0): b² = A2·log2(1 + t/τ) + K2, b = sqrt(b²), with ``lg2.approx``/``sqrt.approx`` on CUDA
+  (libdevice-free) and the precise functions under the interpreter;
+* polynomial (ORDER = 1, 2, 3): t = i + k for a row whose nearest key in the tile is i back and k = 0 .. W−1, so
+  b(i + k) is a polynomial in z = (k − h)/h (h = (W−1)/2) with per-row coefficients read from a table that was
+  least-squares fitted on the host (``COEF``, rows [ORDER·(ORDER+1)/2 − 1, ...]). Tiles use it only when every
+  distance in them is at least the order's threshold, chosen so that the logit error stays under 1e-4.
+  Per element this costs ORDER fused multiply-adds and no special-function instruction.
+
+Causal attention splits each program's key (or query) tiles into ranges by their smallest distance: far tiles
+(order 1, 2, 3 polynomials), near tiles (exact), and the tiles that need the causal or length mask (exact).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+MODE_NONE = 0
+MODE_SI = 1
+MODE_ALIBI = 2
+NEG_INF = tl.constexpr(float("-inf"))
+# lazy rescaling: the running maximum moves only when a row's block maximum exceeds it by this much (log2 units),
+# so p = 2^(v − m) stays below 2^8 and the accumulator rescale is skipped on most tiles
+LAZY_THRESHOLD = tl.constexpr(8.0)
+
+
+@triton.jit
+def _lg2(x, USE_ASM: tl.constexpr):
+    if USE_ASM:
+        y = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    else:
+        y = tl.log2(x)
+    return y
+
+
+@triton.jit
+def _sqrt(x, USE_ASM: tl.constexpr):
+    if USE_ASM:
+        y = tl.inline_asm_elementwise("sqrt.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    else:
+        y = tl.sqrt(x)
+    return y
+
+
+@triton.jit
+def _coefs(COEF, coef_len, idx_row, ORDER: tl.constexpr):
+    """Per-row polynomial coefficients (c0, c1, c2, c3) of the order-ORDER table rows (zeros beyond ORDER)."""
+    base: tl.constexpr = ORDER * (ORDER + 1) // 2 - 1
+    ok = idx_row < coef_len
+    c0 = tl.load(COEF + base * coef_len + idx_row, mask=ok, other=0.0)
+    c1 = tl.load(COEF + (base + 1) * coef_len + idx_row, mask=ok, other=0.0)
+    if ORDER >= 2:  # noqa: SIM108 (a constexpr branch: only the taken side is compiled)
+        c2 = tl.load(COEF + (base + 2) * coef_len + idx_row, mask=ok, other=0.0)
+    else:
+        c2 = tl.zeros_like(c0)
+    if ORDER >= 3:  # noqa: SIM108
+        c3 = tl.load(COEF + (base + 3) * coef_len + idx_row, mask=ok, other=0.0)
+    else:
+        c3 = tl.zeros_like(c0)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _horner(c0, c1, c2, c3, zcol, ORDER: tl.constexpr):
+    z = zcol[None, :]
+    if ORDER == 1:
+        b = c0[:, None] + c1[:, None] * z
+    elif ORDER == 2:
+        b = c0[:, None] + z * (c1[:, None] + z * c2[:, None])
+    else:
+        b = c0[:, None] + z * (c1[:, None] + z * (c2[:, None] + z * c3[:, None]))
+    return b
+
+
+@triton.jit
+def _si_slope(qk, trow, tcol, idx_row, zcol, COEF, coef_len, inv_tau, A2, K2,
+              ORDER: tl.constexpr, ABS: tl.constexpr, USE_ASM: tl.constexpr):
+    """b = qk_scale·a_t for a tile; t = trow[:, None] − tcol[None, :] (|t| when ABS)."""
+    if ORDER == 0:
+        t = trow[:, None] - tcol[None, :]
+        if ABS:
+            t = tl.abs(t)
+        b2 = A2 * _lg2(t * inv_tau + 1.0, USE_ASM) + K2
+        b = _sqrt(b2, USE_ASM)
+    else:
+        c0, c1, c2, c3 = _coefs(COEF, coef_len, idx_row, ORDER)
+        b = _horner(c0, c1, c2, c3, zcol, ORDER)
+    return b
+
+
+@triton.jit
+def _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+            MODE: tl.constexpr, ORDER: tl.constexpr, ABS: tl.constexpr, USE_ASM: tl.constexpr):
+    """(v, b): log2-domain logits of a tile and the slope dv/d(qk) (b for scale-invariant, else unused)."""
+    if MODE == 1:
+        b = _si_slope(qk, trow, tcol, idx_row, zcol, COEF, coef_len, inv_tau, A2, K2, ORDER, ABS, USE_ASM)
+        v = b * (qk + NEG_GAMMA * b)
+    elif MODE == 2:
+        if ABS:
+            t = tl.abs(trow[:, None] - tcol[None, :])
+            v = qk * qk_scale - slope2 * t
+        else:
+            v = qk * qk_scale + (slope2 * tcol[None, :] - slope2 * trow[:, None])
+        b = v
+    else:
+        v = qk * qk_scale
+        b = v
+    return v, b
+
+
+# --------------------------------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi,
+               q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+               BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
+               CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr):
+    tcol = offs_n.to(tl.float32)
+    for i in range(lo, hi):
+        n0 = i * BLOCK_N
+        offs_k = n0 + offs_n
+        if MASKED:
+            kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None], mask=offs_k[None, :] < Tk, other=0.0)
+        else:
+            kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None])
+        qk = tl.dot(q, kt)
+        if MODE == 1 and ORDER > 0 and BOUND:
+            # far tile: bound the row maximum of v = b·qk − γb² from max(qk) and the row's range of b
+            # (b is monotone in t), so v itself is never materialised: p = 2^(b·(qk − γb) − m)
+            idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
+            c0, c1, c2, c3 = _coefs(COEF, coef_len, idx_row, ORDER)
+            b = _horner(c0, c1, c2, c3, zcol, ORDER)
+            b_lo = c0 - c1 + c2 - c3
+            b_hi = c0 + c1 + c2 + c3
+            q_max = tl.max(qk, 1)
+            b_star = tl.minimum(tl.maximum(q_max * (-0.5 / NEG_GAMMA), tl.minimum(b_lo, b_hi)),
+                                tl.maximum(b_lo, b_hi))
+            m_new = tl.maximum(m_i, b_star * (q_max + NEG_GAMMA * b_star))
+            s = b
+            sc = 1.0
+        elif MODE == 0:
+            s = qk
+            sc = qk_scale
+            m_new = tl.maximum(m_i, tl.max(s, 1) * sc)
+        else:
+            trow = (q_offset + offs_m - n0).to(tl.float32)
+            idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
+            s, _b = _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
+                            NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
+            sc = 1.0
+            if MASKED:
+                vis = offs_k[None, :] < Tk
+                if CAUSAL:
+                    vis = vis & (offs_k[None, :] <= q_offset + offs_m[:, None])
+                s = tl.where(vis, s, NEG_INF)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MODE == 0 and MASKED:
+            vis = offs_k[None, :] < Tk
+            if CAUSAL:
+                vis = vis & (offs_k[None, :] <= q_offset + offs_m[:, None])
+            s = tl.where(vis, s, NEG_INF)
+            m_new = tl.maximum(m_i, tl.max(s, 1) * sc)
+        if LAZY:
+            if tl.max(m_new - m_i, 0) > LAZY_THRESHOLD:
+                alpha = tl.math.exp2(m_i - m_new)
+                acc = acc * alpha[:, None]
+                l_i = l_i * alpha
+                m_i = m_new
+        else:
+            alpha = tl.math.exp2(m_i - m_new)
+            acc = acc * alpha[:, None]
+            l_i = l_i * alpha
+            m_i = m_new
+        if MODE == 1 and ORDER > 0 and BOUND:
+            p = tl.math.exp2(s * (qk + NEG_GAMMA * s) - m_i[:, None])
+        else:
+            p = tl.math.exp2(s * sc - m_i[:, None])
+        l_i += tl.sum(p, 1)
+        if MASKED:
+            vt = tl.load(v_base + offs_k[:, None] * svn + offs_d[None, :], mask=offs_k[:, None] < Tk, other=0.0)
+        else:
+            vt = tl.load(v_base + offs_k[:, None] * svn + offs_d[None, :])
+        acc = tl.dot(p.to(vt.dtype), vt, acc)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _count_far(x, BLOCK: tl.constexpr):
+    """Number of tiles i >= 0 with i·BLOCK <= x (0 when x < 0)."""
+    return tl.where(x >= 0, x // BLOCK + 1, 0)
+
+
+@triton.jit(do_not_specialize=["Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
+def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES,
+               sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+               H, G, Tq, Tk, q_offset, coef_len,
+               qk_scale, inv_tau, A2, K2, NEG_GAMMA, T1, T2, T3,
+               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
+               CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // G
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+                mask=offs_m[:, None] < Tq, other=0.0)
+    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    slope2 = 0.0
+    if MODE == 2:
+        slope2 = tl.load(SLOPES + h)
+    half = (BLOCK_N - 1) * 0.5
+    zcol = (half - offs_n.to(tl.float32)) / half  # t = i + (BLOCK_N − 1 − j): z = (k − h)/h
+
+    m_i = tl.full([BLOCK_M], NEG_INF, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if CAUSAL:
+        row_last = tl.minimum(m0 + BLOCK_M, Tq) - 1
+        n_end = tl.cdiv(tl.minimum(Tk, q_offset + row_last + 1), BLOCK_N)
+        n_full = tl.minimum((q_offset + m0 + 1) // BLOCK_N, Tk // BLOCK_N)
+    else:
+        n_end = tl.cdiv(Tk, BLOCK_N)
+        n_full = Tk // BLOCK_N
+    if MODE == 1 and CAUSAL:
+        base_x = q_offset + m0 - BLOCK_N + 1  # tile i has smallest distance base_x − i·BLOCK_N
+        n1 = tl.minimum(_count_far(base_x - T1, BLOCK_N), n_full)
+        n2 = tl.maximum(tl.minimum(_count_far(base_x - T2, BLOCK_N), n_full), n1)
+        n3 = tl.maximum(tl.minimum(_count_far(base_x - T3, BLOCK_N), n_full), n2)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n1,
+                                   q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                   NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND, USE_ASM)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
+                                   q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                   NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL, LAZY, BOUND, USE_ASM)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2, n3,
+                                   q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                   NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL, LAZY, BOUND, USE_ASM)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
+                                   n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+                                   K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
+    else:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0,
+                                   n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+                                   K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
+                               n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                               NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM)
+    out = acc / l_i[:, None]
+    row_ok = offs_m < Tq
+    tl.store(LSE + bh.to(tl.int64) * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
+    tl.store(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * som + offs_d[None, :],
+             out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+# -------------------------------------------------------------------------------------------------- backward
+@triton.jit
+def bwd_preprocess_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """delta[r] = Σ_d O[r, d]·dO[r, d] over contiguous (rows, HEAD_DIM) tensors."""
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = rows[:, None] < n_rows
+    ptr = rows.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
+    o = tl.load(O + ptr, mask=ok, other=0.0).to(tl.float32)
+    do = tl.load(DO + ptr, mask=ok, other=0.0).to(tl.float32)
+    tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < n_rows)
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n, offs_mb, offs_d, lo, hi,
+                q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                BLOCK_M: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
+                CAUSAL: tl.constexpr, USE_ASM: tl.constexpr):
+    """Accumulate dK, dV of one key tile (rows = keys) over query tiles lo .. hi−1 (columns = queries)."""
+    tcol = -offs_mb.to(tl.float32)  # t = (q_offset + m0 − n) + j
+    for i in range(lo, hi):
+        m0 = i * BLOCK_M
+        offs_m = m0 + offs_mb
+        row_ok = offs_m < Tq
+        qt = tl.load(q_base + offs_m[None, :] * sqm + offs_d[:, None], mask=row_ok[None, :], other=0.0)
+        lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
+        sT = tl.dot(k, qt)
+        trow = (q_offset + m0 - offs_n).to(tl.float32)
+        idx_row = q_offset + m0 - offs_n
+        vT, bT = _logits(sT, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
+                         NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
+        pT = tl.math.exp2(vT - lse[None, :])
+        if MASKED:
+            vis = offs_m[None, :] + q_offset >= offs_n[:, None]
+            pT = tl.where(vis, pT, 0.0)
+        do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        dv = tl.dot(pT.to(do.dtype), do, dv)
+        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        dpT = tl.dot(v, tl.trans(do))
+        dsT = pT * (dpT - delta[None, :])
+        if MODE == 1:
+            dsT = dsT * bT
+            if MASKED:
+                dsT = tl.where(vis, dsT, 0.0)
+        dk = tl.dot(dsT.to(qt.dtype), tl.trans(qt), dk)
+    return dk, dv
+
+
+@triton.jit
+def _first_tile_at(y, BLOCK: tl.constexpr):
+    """Smallest tile index i >= 0 with i·BLOCK >= y."""
+    return tl.where(y > 0, (y + BLOCK - 1) // BLOCK, 0)
+
+
+@triton.jit(do_not_specialize=["Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
+def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, COEF, SLOPES,
+                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdkb, sdkh, sdkn,
+                    Hkv, G, Tq, Tk, q_offset, coef_len,
+                    qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
+                    CAUSAL: tl.constexpr, USE_ASM: tl.constexpr):
+    """One program per (key tile, batch·kv head): dK, dV summed over the G query heads of the group."""
+    pid_n = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // Hkv
+    hk = bhk % Hkv
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_mb = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    key_ok = offs_n[:, None] < Tk
+    k = tl.load(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + offs_n[:, None] * skn + offs_d[None, :],
+                mask=key_ok, other=0.0)
+    v = tl.load(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + offs_n[:, None] * svn + offs_d[None, :],
+                mask=key_ok, other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    half = (BLOCK_M - 1) * 0.5
+    zcol = (offs_mb.to(tl.float32) - half) / half  # t = i + j: z = (j − h)/h
+
+    m_end = tl.cdiv(Tq, BLOCK_M)
+    if CAUSAL:
+        m_lo = tl.minimum(tl.maximum(n0 - q_offset, 0) // BLOCK_M, m_end)
+        m_full = tl.minimum(tl.maximum(_first_tile_at(n0 + BLOCK_N - 1 - q_offset, BLOCK_M), m_lo), m_end)
+    else:
+        m_lo = 0
+        m_full = 0
+    if MODE == 1 and CAUSAL:
+        base_y = n0 + BLOCK_N - 1 - q_offset  # tile i has smallest distance i·BLOCK_M − base_y
+        s3 = tl.minimum(tl.maximum(_first_tile_at(base_y + T3, BLOCK_M), m_full), m_end)
+        s2 = tl.minimum(tl.maximum(_first_tile_at(base_y + T2, BLOCK_M), s3), m_end)
+        s1 = tl.minimum(tl.maximum(_first_tile_at(base_y + T1, BLOCK_M), s2), m_end)
+    else:
+        s3 = m_end
+        s2 = m_end
+        s1 = m_end
+    for g in range(0, G):
+        h = hk * G + g
+        q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+        do_base = DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh
+        row_base = (b * Hkv * G + h).to(tl.int64) * Tq
+        lse_base = LSE + row_base
+        delta_base = DELTA + row_base
+        if MODE == 2:  # noqa: SIM108 (constexpr branch)
+            slope2 = tl.load(SLOPES + h)
+        else:
+            slope2 = 0.0
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n, offs_mb,
+                             offs_d, m_lo, m_full, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
+                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL, USE_ASM)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n, offs_mb,
+                             offs_d, m_full, s3, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
+                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM)
+        if MODE == 1 and CAUSAL:
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
+                                 offs_mb, offs_d, s3, s2, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
+                                 USE_ASM)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
+                                 offs_mb, offs_d, s2, s1, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 2, False, CAUSAL,
+                                 USE_ASM)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
+                                 offs_mb, offs_d, s1, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 1, False, CAUSAL,
+                                 USE_ASM)
+    out_ok = offs_n[:, None] < Tk
+    dk_ptr = b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None] * sdkn + offs_d[None, :]
+    tl.store(DK + dk_ptr, (dk * DS_SCALE).to(DK.dtype.element_ty), mask=out_ok)
+    tl.store(DV + dk_ptr, dv.to(DV.dtype.element_ty), mask=out_ok)
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi,
+              q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+              BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
+              CAUSAL: tl.constexpr, USE_ASM: tl.constexpr):
+    tcol = offs_n.to(tl.float32)
+    for i in range(lo, hi):
+        n0 = i * BLOCK_N
+        offs_k = n0 + offs_n
+        if MASKED:
+            kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None], mask=offs_k[None, :] < Tk, other=0.0)
+            vt = tl.load(v_base + offs_k[None, :] * svn + offs_d[:, None], mask=offs_k[None, :] < Tk, other=0.0)
+        else:
+            kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None])
+            vt = tl.load(v_base + offs_k[None, :] * svn + offs_d[:, None])
+        qk = tl.dot(q, kt)
+        trow = (q_offset + offs_m - n0).to(tl.float32)
+        idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
+        s, bsl = _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
+                         NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
+        p = tl.math.exp2(s - lse[:, None])
+        if MASKED:
+            vis = offs_k[None, :] < Tk
+            if CAUSAL:
+                vis = vis & (offs_k[None, :] <= q_offset + offs_m[:, None])
+            p = tl.where(vis, p, 0.0)
+        dp = tl.dot(do, vt)
+        ds = p * (dp - delta[:, None])
+        if MODE == 1:
+            ds = ds * bsl
+            if MASKED:
+                ds = tl.where(vis, ds, 0.0)
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
+    return dq
+
+
+@triton.jit(do_not_specialize=["Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
+def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES,
+                  sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdqb, sdqh, sdqm,
+                  H, G, Tq, Tk, q_offset, coef_len,
+                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
+                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
+                  CAUSAL: tl.constexpr, USE_ASM: tl.constexpr):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // G
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Tq
+    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh + offs_m[:, None] * sdom + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + bh.to(tl.int64) * Tq + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + bh.to(tl.int64) * Tq + offs_m, mask=row_ok, other=0.0)
+    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    slope2 = 0.0
+    if MODE == 2:
+        slope2 = tl.load(SLOPES + h)
+    half = (BLOCK_N - 1) * 0.5
+    zcol = (half - offs_n.to(tl.float32)) / half
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if CAUSAL:
+        row_last = tl.minimum(m0 + BLOCK_M, Tq) - 1
+        n_end = tl.cdiv(tl.minimum(Tk, q_offset + row_last + 1), BLOCK_N)
+        n_full = tl.minimum((q_offset + m0 + 1) // BLOCK_N, Tk // BLOCK_N)
+    else:
+        n_end = tl.cdiv(Tk, BLOCK_N)
+        n_full = Tk // BLOCK_N
+    if MODE == 1 and CAUSAL:
+        base_x = q_offset + m0 - BLOCK_N + 1
+        n1 = tl.minimum(_count_far(base_x - T1, BLOCK_N), n_full)
+        n2 = tl.maximum(tl.minimum(_count_far(base_x - T2, BLOCK_N), n_full), n1)
+        n3 = tl.maximum(tl.minimum(_count_far(base_x - T3, BLOCK_N), n_full), n2)
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n1,
+                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                       BLOCK_N, MODE, 1, False, CAUSAL, USE_ASM)
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
+                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                       BLOCK_N, MODE, 2, False, CAUSAL, USE_ASM)
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2, n3,
+                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                       BLOCK_N, MODE, 3, False, CAUSAL, USE_ASM)
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3, n_full,
+                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM)
+    else:
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n_full,
+                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full, n_end,
+                   q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N,
+                   MODE, 0, True, CAUSAL, USE_ASM)
+    tl.store(DQ + b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None] * sdqm + offs_d[None, :],
+             (dq * DS_SCALE).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+# ---------------------------------------------------------------------------------------------------- decode
+@triton.jit(do_not_specialize=["Tq", "Tk", "q_offset", "chunk"])
+def decode_split_kernel(Q, K, V, OP, LP, SLOPES,
+                        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
+                        Hkv, G, Tq, Tk, q_offset, chunk,
+                        qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        MODE: tl.constexpr, CAUSAL: tl.constexpr, USE_ASM: tl.constexpr):
+    """Split-K decoding: the G·Tq query rows of one kv head against keys [split·chunk, (split+1)·chunk).
+
+    Writes the split's normalised output OP[bhk, split, row, :] and log2-sum-exp LP[bhk, split, row]
+    (−inf where no key of the split is visible)."""
+    split = tl.program_id(0)
+    n_splits = tl.num_programs(0)
+    bhk = tl.program_id(1)
+    b = bhk // Hkv
+    hk = bhk % Hkv
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < G * Tq
+    g = rows // Tq
+    r = rows % Tq
+    h = hk * G + g
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_n = tl.arange(0, BLOCK_N)
+    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64)[:, None] * sqh + r[:, None] * sqm + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    slope2 = tl.zeros([BLOCK_M], tl.float32)
+    if MODE == 2:
+        slope2 = tl.load(SLOPES + h, mask=row_ok, other=0.0)
+    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    qpos = (q_offset + r).to(tl.float32)
+    c_lo = split * chunk
+    c_hi = tl.minimum(Tk, c_lo + chunk)
+    if CAUSAL:
+        c_hi = tl.minimum(c_hi, q_offset + Tq)
+    m_i = tl.full([BLOCK_M], NEG_INF, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for n0 in range(c_lo, c_hi, BLOCK_N):
+        offs_k = n0 + offs_n
+        kmask = offs_k < c_hi
+        kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None], mask=kmask[None, :], other=0.0)
+        vt = tl.load(v_base + offs_k[:, None] * svn + offs_d[None, :], mask=kmask[:, None], other=0.0)
+        qk = tl.dot(q, kt)
+        t = qpos[:, None] - offs_k.to(tl.float32)[None, :]
+        if not CAUSAL:
+            t = tl.abs(t)
+        if MODE == 1:
+            b2 = A2 * _lg2(t * inv_tau + 1.0, USE_ASM) + K2
+            bsl = _sqrt(b2, USE_ASM)
+            s = bsl * (qk + NEG_GAMMA * bsl)
+        elif MODE == 2:
+            s = qk * qk_scale - slope2[:, None] * t
+        else:
+            s = qk * qk_scale
+        vis = kmask[None, :]
+        if CAUSAL:
+            vis = vis & (t >= 0)
+        s = tl.where(vis, s, NEG_INF)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_safe)
+        p = tl.math.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        m_i = m_new
+    has = l_i > 0.0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), NEG_INF)
+    part = (bhk.to(tl.int64) * n_splits + split) * BLOCK_M
+    tl.store(LP + part + rows, lse)
+    tl.store(OP + (part + rows[:, None]) * HEAD_DIM + offs_d[None, :], out)
+
+
+@triton.jit
+def decode_combine_kernel(OP, LP, O, sob, soh, som, Hkv, G, Tq, n_splits,
+                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr):
+    """out[row] = Σ_s 2^(LP_s − M)·OP_s / Σ_s 2^(LP_s − M) over the splits of one query row."""
+    row = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // Hkv
+    hk = bhk % Hkv
+    g = row // Tq
+    r = row % Tq
+    h = hk * G + g
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
+    s_ok = offs_s < n_splits
+    part = (bhk.to(tl.int64) * n_splits + offs_s) * BLOCK_M + row
+    lse = tl.load(LP + part, mask=s_ok, other=NEG_INF)
+    m = tl.max(lse, 0)
+    w = tl.math.exp2(lse - m)
+    o = tl.load(OP + part[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None], other=0.0)
+    out = tl.sum(w[:, None] * o, 0) / tl.sum(w, 0)
+    tl.store(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + r * som + offs_d, out.to(O.dtype.element_ty))

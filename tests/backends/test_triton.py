@@ -1,0 +1,231 @@
+"""The Triton backend computes the reference function, forward and backward, on fresh random inputs.
+
+On CUDA the kernels run compiled (bf16 and fp16); without CUDA they run small cases through Triton's CPU
+interpreter (TRITON_INTERPRET=1 set before the kernels are imported; fp16 only, since the interpreter's bf16
+dot is wrong in triton 3.9). Acceptance: ‖out − ref‖/‖ref‖ < 3e-3 and the same for every gradient < 1e-2,
+against the float32 reference on upcast inputs.
+"""
+
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from siattn.backends import BACKENDS, LogitTransform, choose_backend, run_backend
+from siattn.backends.reference import reference_attention
+
+CUDA = torch.cuda.is_available()
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+# Without CUDA the kernels run in Triton's interpreter, which must be switched on before triton itself is
+# imported. When another test already imported triton in this process, the whole module reruns in a fresh
+# subprocess instead (test_interpreter_in_subprocess below).
+RERUN_IN_SUBPROCESS = not CUDA and "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+if not CUDA and not RERUN_IN_SUBPROCESS:
+    os.environ["TRITON_INTERPRET"] = "1"
+import siattn.backends.triton as tb  # noqa: E402
+
+if not CUDA and not RERUN_IN_SUBPROCESS and not tb.interpreted():
+    importlib.reload(tb.__dict__["_k"])
+    importlib.reload(tb)  # re-registers the backend with the interpreted kernels
+
+
+def test_interpreter_in_subprocess():
+    if not RERUN_IN_SUBPROCESS:
+        pytest.skip("the tests of this module run in this process")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+@pytest.fixture(autouse=True)
+def _skip_when_rerun_in_subprocess(request):
+    if RERUN_IN_SUBPROCESS and request.node.name != "test_interpreter_in_subprocess":
+        pytest.skip("run by test_interpreter_in_subprocess")
+
+
+if not RERUN_IN_SUBPROCESS and not CUDA and not tb.interpreted():
+    _x = torch.empty(1, 1, 1, 64, dtype=torch.float16)
+    pytest.skip("Triton interpreter unavailable: " + str(tb.unsupported(_x, _x, _x, LogitTransform(), False)),
+                allow_module_level=True)
+
+DEVICE = "cuda" if CUDA else "cpu"
+FWD_TOL, GRAD_TOL = 3e-3, 1e-2
+SI = LogitTransform("scale-invariant")
+SI_CUSTOM = LogitTransform("scale-invariant", tau=0.5, alpha=2.0, beta=3.0)
+TRANSFORMS = [LogitTransform("none"), SI, SI_CUSTOM, LogitTransform("alibi")]
+TIDS = ["none", "si", "si-custom", "alibi"]
+DTYPES = [torch.bfloat16, torch.float16] if CUDA else [torch.float16]
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _inputs(b, h, hkv, tq, tk, d, dtype, grad=True):
+    def make(*s):
+        return torch.randn(*s, device=DEVICE).to(dtype).requires_grad_(grad)
+
+    return make(b, h, tq, d), make(b, hkv, tk, d), make(b, hkv, tk, d)
+
+
+def _check(case, transform, causal=True, dtype=None, backward=True):
+    b, h, hkv, tq, tk, off, d = case
+    dtype = dtype or DTYPES[0]
+    q, k, v = _inputs(b, h, hkv, tq, tk, d, dtype, grad=backward)
+    kw = dict(transform=transform, q_offset=off, causal=causal, scale=d**-0.5)
+    qf, kf, vf = (x.detach().float().requires_grad_(backward) for x in (q, k, v))
+    ref = reference_attention(qf, kf, vf, **kw)
+    out = tb.flash_attention(q, k, v, **kw)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert _rel(out, ref) < FWD_TOL, f"forward error {_rel(out, ref):.2e}"
+    if backward:
+        g = torch.randn_like(ref)
+        ref_grads = torch.autograd.grad(ref, (qf, kf, vf), g)
+        grads = torch.autograd.grad(out, (q, k, v), g.to(dtype))
+        for name, a, r in zip("qkv", grads, ref_grads):
+            assert a.dtype == dtype
+            assert _rel(a, r) < GRAD_TOL, f"d{name} error {_rel(a, r):.2e}"
+
+
+# (B, H, Hkv, Tq, Tk, q_offset, D): ragged square, GQA with a prefix (q_offset > 0, Tq < Tk),
+# queries past the last key
+CPU_CASES = [(1, 2, 1, 37, 37, 0, 64), (1, 4, 2, 19, 70, 51, 64), (1, 3, 3, 20, 40, 50, 64)]
+
+
+def _cid(case):
+    return "B{}H{}kv{}q{}k{}off{}D{}".format(*case)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
+@pytest.mark.parametrize("case", CPU_CASES[:2], ids=_cid)
+def test_matches_reference_causal(case, transform):
+    _check(case, transform)
+
+
+@pytest.mark.parametrize("transform", [SI, LogitTransform("alibi")], ids=["si", "alibi"])
+def test_matches_reference_non_causal(transform):
+    _check(CPU_CASES[1], transform, causal=False)
+
+
+def test_queries_past_the_last_key():
+    _check(CPU_CASES[2], SI)
+
+
+def test_far_tiles_use_polynomials_and_match_reference():
+    """A few queries far down a long prefix: every far-tile polynomial order (1, 2, 3) is exercised."""
+    window = tb.INTERPRETER_FWD.block_n if not CUDA else tb.DEFAULT_FWD.block_n
+    t1 = tb.poly_thresholds(*SI.parameters, window)[0]
+    tk = t1 + 6 * window + 5
+    assert t1 < tk - 16
+    _check((1, 2, 1, 16, tk, tk - 16, 64), SI)
+
+
+@pytest.mark.parametrize("transform", [SI, LogitTransform("alibi"), LogitTransform("none")],
+                         ids=["si", "alibi", "none"])
+def test_decode_matches_reference(transform):
+    q, k, v = _inputs(2, 4, 2, 1, 97, 64, DTYPES[0], grad=False)
+    kw = dict(transform=transform, q_offset=96, causal=True, scale=0.125)
+    ref = reference_attention(q.float(), k.float(), v.float(), **kw)
+    assert _rel(tb.decode_attention(q, k, v, **kw), ref) < FWD_TOL
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_decode_splits_with_hidden_keys_and_gqa(causal):
+    """Several queries, a split that starts inside the last queries' hidden keys, odd split count."""
+    q, k, v = _inputs(1, 6, 2, 3, 200, 64, DTYPES[0], grad=False)
+    kw = dict(transform=SI_CUSTOM, q_offset=197, causal=causal, scale=0.125)
+    ref = reference_attention(q.float(), k.float(), v.float(), **kw)
+    cfg = tb.DecodeConfig(16, 1 if not CUDA else 4, 1, 1)
+    assert _rel(tb.decode_attention(q, k, v, config=cfg, splits=13, **kw), ref) < FWD_TOL
+
+
+def test_backend_dispatch_and_registration():
+    assert "triton" in BACKENDS
+    q, k, v = _inputs(1, 2, 1, 5, 40, 64, DTYPES[0], grad=False)
+    kw = dict(transform=SI, q_offset=35, causal=True)
+    ref = reference_attention(q.float(), k.float(), v.float(), scale=0.125, **kw)
+    out = run_backend(q, k, v, backend="triton", **kw)  # decode path (few queries, no gradient)
+    assert _rel(out, ref) < FWD_TOL
+    if CUDA:
+        assert choose_backend(q, k, k, SI, needs_grad=True) == "triton"
+
+
+@pytest.mark.parametrize(("shape", "dtype", "match"), [
+    ((1, 2, 8, 64), torch.float32, "float16 or bfloat16"),
+    ((1, 2, 8, 32), torch.float16, "head dim"),
+])
+def test_unsupported_inputs_give_reasons(shape, dtype, match):
+    x = torch.empty(*shape, dtype=dtype, device=DEVICE)
+    reason = tb.unsupported(x, x, x, SI, False)
+    assert reason is not None and match in reason
+
+
+def test_polynomial_table_reproduces_the_schedule():
+    """Rows of the least-squares table evaluate to a_t (times scale·log2 e) within the logit tolerance."""
+    from siattn.schedule import schedule
+
+    window, scale = 64, 0.125
+    t1, t2, t3 = tb.poly_thresholds(*SI.parameters, window)
+    assert t1 >= t2 >= t3 > 0
+    table = tb.coefficient_table(SI, scale, window, 8192, torch.device("cpu")).double()
+    half = (window - 1) / 2
+    z = (torch.arange(window, dtype=torch.float64) - half) / half
+    for order, base, start in ((1, 0, t1), (2, 2, t2), (3, 5, t3)):
+        for i in (start, start + 101, 8000):
+            coeffs = table[base:base + order + 1, i]
+            approx = sum(c * z**m for m, c in enumerate(coeffs)) / (scale * tb.LOG2E)
+            exact, _ = schedule(torch.arange(i, i + window, dtype=torch.float64))
+            err = (approx - exact).abs() * (tb.POLY_SCORE_MAX + 2 * exact)
+            assert err.max() < tb.POLY_LOGIT_TOL * 1.1, (order, i, err.max())  # + float32 rounding
+
+
+def test_thresholds_adapt_to_tau():
+    small = tb.poly_thresholds(*LogitTransform("scale-invariant", tau=1.0).parameters, 64)
+    large = tb.poly_thresholds(*LogitTransform("scale-invariant", tau=100.0).parameters, 64)
+    assert all(np.isfinite(small)) and all(np.isfinite(large))
+    assert tb.poly_thresholds(*SI.parameters, 128)[2] > tb.poly_thresholds(*SI.parameters, 32)[2]
+
+
+# ---------------------------------------------------------------------------------------------------- GPU
+GPU_CASES = [(2, 6, 6, 333, 333, 0, 128), (1, 8, 2, 257, 1000, 743, 64), (2, 4, 1, 200, 200, 0, 64)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
+@pytest.mark.parametrize("case", GPU_CASES, ids=_cid)
+def test_gpu_bf16_matches_reference(case, transform):
+    _check(case, transform, dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("transform", [SI, LogitTransform("alibi"), LogitTransform("none")],
+                         ids=["si", "alibi", "none"])
+def test_gpu_non_causal_and_fp16(transform):
+    _check((1, 4, 2, 300, 300, 0, 128), transform, causal=False, dtype=torch.bfloat16)
+    _check((1, 4, 2, 300, 500, 200, 128), transform, dtype=torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+def test_gpu_long_prefix_every_polynomial_order(d):
+    """Queries at the end of an 8k prefix: far tiles use the order-1/2/3 polynomials in all three kernels."""
+    _check((1, 2, 1, 300, 8500, 8200, d), SI, dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("transform", [SI, LogitTransform("alibi")], ids=["si", "alibi"])
+def test_gpu_decode_long_cache(transform, d):
+    q, k, v = _inputs(2, 8, 2, 4, 20000, d, torch.bfloat16, grad=False)
+    kw = dict(transform=transform, q_offset=19996, causal=True, scale=d**-0.5)
+    ref = reference_attention(q.float(), k.float(), v.float(), **kw)
+    out = run_backend(q, k, v, backend="auto", **kw)
+    assert _rel(out, ref) < FWD_TOL
