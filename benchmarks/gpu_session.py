@@ -1,0 +1,131 @@
+"""One GPU call, several stages: run on the H200 as `PYTHONPATH=src python3 benchmarks/gpu_session.py STAGE ...`.
+
+Each stage runs as a subprocess with its own time limit, its output goes to $OUT/log-STAGE.txt, and after every
+stage the results so far are packed into $OUT/results.tgz (the device tool returns at most 8 files), so a stage
+that runs out of time loses only itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+OUT = Path(os.environ.get("OUT", "gpu-out"))
+PY = sys.executable
+SIATTN = [PY, "-m", "siattn"]
+GPU_SMALL_DATA = "data_cache/python-all-bytes"
+REPRODUCE_METHODS = ["rope", "alibi", "logn-p-rope", "si-p-rope"]
+
+
+def stage_env() -> list[list[str]]:
+    versions = "import torch, triton, sys; print(sys.version.split()[0], torch.__version__, triton.__version__)"
+    return [["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"], [PY, "-c", versions]]
+
+
+def stage_tests() -> list[list[str]]:
+    return [[PY, "-m", "pytest", "-q", "-m", "gpu", "tests/backends/test_backends.py", "tests/model", "-p",
+             "no:cacheprovider"]]
+
+
+def _gpu_small(method: str, backend: str, steps: int) -> list[str]:
+    return [*SIATTN, "train", "--preset", "gpu-small", "--method", method, "--attn-backend", backend,
+            "--data", GPU_SMALL_DATA, "--data-source", "python-all", "--tokenizer", "bytes", "--steps", str(steps),
+            "--eval-every", str(steps), "--eval-multipliers", "1,4", "--eval-tokens", str(1 << 18),
+            "--log-every", "10", "--ckpt-every", str(steps), "--out", f"runs/gpu-small-{method}-{backend}",
+            "--overwrite", "--no-progress"]
+
+
+def stage_train_gpu(steps: int) -> list[list[str]]:
+    return [_gpu_small("p-rope", "sdpa", steps), _gpu_small("si-p-rope", "triton", steps),
+            _gpu_small("si-p-rope", "flex", steps)]
+
+
+def stage_paper162m(steps: int) -> list[list[str]]:
+    base = [*SIATTN, "train", "--preset", "paper-162m", "--method", "si-p-rope", "--data", GPU_SMALL_DATA,
+            "--data-source", "python-all", "--tokenizer", "bytes", "--eval-multipliers", "1,4,16",
+            "--eval-tokens", str(1 << 16), "--log-every", "5", "--no-progress"]
+    half = steps // 2
+    schedule = ["--steps", str(steps), "--eval-every", str(half), "--ckpt-every", str(half)]
+    return [[*base, *schedule, "--out", "runs/paper-162m-1gpu", "--overwrite"],
+            # resume its step-`half` checkpoint into a second folder and finish: the two curves must agree
+            [*base, *schedule, "--out", "runs/paper-162m-1gpu-resumed",
+             "--resume", f"runs/paper-162m-1gpu/checkpoints/step_{half:06d}"]]
+
+
+def stage_reproduce() -> list[list[str]]:
+    return [[*SIATTN, "reproduce", "--preset", "cpu-tiny", "--methods", *REPRODUCE_METHODS,
+             "--runs", "runs/reproduce-cpu-tiny", "--out", "results/reproduce-cpu-tiny", "--no-progress"]]
+
+
+def stage_analyze() -> list[list[str]]:
+    ckpts = [f"runs/reproduce-cpu-tiny/cpu-tiny-{m}" for m in REPRODUCE_METHODS]
+    return [[*SIATTN, "analyze", "model", "--checkpoint", *ckpts, "--length", "4x", "--out",
+             "results/analysis-model"]]
+
+
+def tokens_per_second(run: Path, skip: int = 20) -> dict:
+    """Median tokens/s of the logged training windows after ``skip`` steps (start-up excluded)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if r.get("kind") == "train" and r["step"] > skip]
+    val = [r for r in records if r.get("kind") == "val"]
+    return {"run": str(run), "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in train),
+            "windows": len(train), "final_train_loss": train[-1]["loss"] if train else None,
+            "val": val[-1]["loss"] if val else None}
+
+
+def pack() -> None:
+    with tarfile.open(OUT / "results.tgz", "w:gz") as tar:
+        for path in ["results", "runs"]:
+            if Path(path).exists():
+                tar.add(path, filter=lambda ti: None if ti.name.endswith((".safetensors", ".pt")) else ti)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("stages", nargs="+", choices=["env", "tests", "train-gpu", "paper162m", "reproduce",
+                                                      "analyze"])
+    parser.add_argument("--train-steps", type=int, default=150)
+    parser.add_argument("--paper-steps", type=int, default=20)
+    parser.add_argument("--limit", type=int, default=560, help="seconds for all stages together")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + args.limit
+    summary = {}
+    for stage in args.stages:
+        commands = {"env": stage_env, "tests": stage_tests, "reproduce": stage_reproduce, "analyze": stage_analyze,
+                    "train-gpu": lambda: stage_train_gpu(args.train_steps),
+                    "paper162m": lambda: stage_paper162m(args.paper_steps)}[stage]()
+        t0 = time.time()
+        with open(OUT / f"log-{stage}.txt", "a") as log:
+            for cmd in commands:
+                left = deadline - time.time()
+                if left < 10:
+                    print(f"[{stage}] skipped: out of time", flush=True)
+                    break
+                log.write("$ " + " ".join(cmd) + "\n")
+                log.flush()
+                try:
+                    code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=left).returncode
+                except subprocess.TimeoutExpired:
+                    code = "timeout"
+                print(f"[{stage}] {' '.join(cmd[:6])} ... -> {code} ({time.time() - t0:.0f} s)", flush=True)
+        summary[stage] = round(time.time() - t0, 1)
+        if stage == "train-gpu":
+            runs = sorted(Path("runs").glob("gpu-small-*"))
+            speed = {r.name: tokens_per_second(r) for r in runs if (r / "metrics.jsonl").exists()}
+            (Path("results") / "train-gpu.json").write_text(json.dumps(speed, indent=1) + "\n")
+            print(json.dumps(speed, indent=1), flush=True)
+        pack()
+    print(json.dumps({"stage_seconds": summary}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
