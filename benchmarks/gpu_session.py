@@ -47,6 +47,10 @@ def stage_train_gpu(steps: int) -> list[list[str]]:
             _gpu_small("si-p-rope", "flex", steps)]
 
 
+def stage_train_flex(steps: int) -> list[list[str]]:
+    return [_gpu_small("si-p-rope", "flex", steps)]
+
+
 def stage_paper162m(steps: int) -> list[list[str]]:
     base = [*SIATTN, "train", "--preset", "paper-162m", "--method", "si-p-rope", "--data", GPU_SMALL_DATA,
             "--data-source", "python-all", "--tokenizer", "bytes", "--eval-multipliers", "1,4,16",
@@ -75,6 +79,8 @@ def tokens_per_second(run: Path, skip: int = 20) -> dict:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if r.get("kind") == "train" and r["step"] > skip]
     val = [r for r in records if r.get("kind") == "val"]
+    if not train:
+        return {"run": str(run), "error": "no training records after the start-up steps"}
     return {"run": str(run), "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in train),
             "windows": len(train), "final_train_loss": train[-1]["loss"] if train else None,
             "val": val[-1]["loss"] if val else None}
@@ -89,8 +95,8 @@ def pack() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("stages", nargs="+", choices=["env", "tests", "train-gpu", "paper162m", "reproduce",
-                                                      "analyze"])
+    parser.add_argument("stages", nargs="+", choices=["env", "tests", "train-gpu", "train-flex", "paper162m",
+                                                      "reproduce", "analyze"])
     parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--paper-steps", type=int, default=20)
     parser.add_argument("--limit", type=int, default=560, help="seconds for all stages together")
@@ -101,6 +107,7 @@ def main() -> int:
     for stage in args.stages:
         commands = {"env": stage_env, "tests": stage_tests, "reproduce": stage_reproduce, "analyze": stage_analyze,
                     "train-gpu": lambda: stage_train_gpu(args.train_steps),
+                    "train-flex": lambda: stage_train_flex(args.train_steps),
                     "paper162m": lambda: stage_paper162m(args.paper_steps)}[stage]()
         t0 = time.time()
         with open(OUT / f"log-{stage}.txt", "a") as log:
@@ -117,7 +124,7 @@ def main() -> int:
                     code = "timeout"
                 print(f"[{stage}] {' '.join(cmd[:6])} ... -> {code} ({time.time() - t0:.0f} s)", flush=True)
         summary[stage] = round(time.time() - t0, 1)
-        if stage == "train-gpu":
+        if stage.startswith("train-"):
             runs = sorted(Path("runs").glob("gpu-small-*"))
             speed = {r.name: tokens_per_second(r) for r in runs if (r / "metrics.jsonl").exists()}
             (Path("results") / "train-gpu.json").write_text(json.dumps(speed, indent=1) + "\n")

@@ -193,3 +193,12 @@ def test_sdpa_refuses_transforms():
 def test_auto_uses_sdpa_for_plain_logits():
     x = torch.empty(1, 2, 64, 16)
     assert choose_backend(x, x, x, LogitTransform("none"), needs_grad=False) == "sdpa"
+
+
+@pytest.mark.gpu
+def test_flex_backward_after_several_forwards_like_a_multilayer_model():
+    """Regression: the captured q_offset tensor must not be rewritten between forward and backward."""
+    xs = [torch.randn(1, 4, 256, 64, device="cuda", requires_grad=True) for _ in range(3)]
+    out = sum(run_backend(x, x, x, transform=TRANSFORMS[1], backend="flex").sum() for x in xs)
+    out.backward()
+    assert all(torch.isfinite(x.grad).all() for x in xs)

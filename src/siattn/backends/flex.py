@@ -36,18 +36,22 @@ def make_score_mod(transform: LogitTransform, q_offset: int, num_heads: int, dev
     """A FlexAttention score_mod computing L = f(S; t) for ``transform`` (None for the identity).
 
     The function object is cached per (transform, heads, device) and reads q_offset from a captured tensor,
-    so a new offset (decoding) does not recompile.
+    so a new offset (decoding) does not recompile. The tensor is rewritten only when the offset changes; a
+    backward pass must not interleave with a forward at another offset (decoding runs without gradients).
     """
     if transform.kind == "none":
         return None
-    score_mod, offset = _score_mod(transform, num_heads, str(device))
-    offset.fill_(q_offset)
+    score_mod, offset, current = _score_mod(transform, num_heads, str(device))
+    if current[0] != q_offset:  # write only on change: autograd saves the tensor, and training keeps q_offset = 0
+        offset.fill_(q_offset)
+        current[0] = q_offset
     return score_mod
 
 
 @functools.lru_cache(maxsize=64)
 def _score_mod(transform: LogitTransform, num_heads: int, device: str):
     offset = torch.zeros((), device=device, dtype=torch.int64)
+    current = [0]  # the value in ``offset``, kept on the host so that reading it never syncs the device
     if transform.kind == "alibi":
         slopes = alibi_slopes(num_heads).to(device=device, dtype=torch.float32)
 
@@ -55,7 +59,7 @@ def _score_mod(transform: LogitTransform, num_heads: int, device: str):
             t = (q_idx + offset - kv_idx).abs().to(torch.float32)
             return score - slopes[h] * t
 
-        return alibi, offset
+        return alibi, offset, current
     tau, alpha, beta = transform.parameters
     shift = beta / alpha - math.log(alpha)
 
@@ -64,7 +68,7 @@ def _score_mod(transform: LogitTransform, num_heads: int, device: str):
         a_sq = 2.0 * (torch.log1p(t / tau) + shift)
         return score * torch.sqrt(a_sq) + (beta / alpha - a_sq)
 
-    return scale_invariant, offset
+    return scale_invariant, offset, current
 
 
 def flex_attention(
