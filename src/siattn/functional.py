@@ -21,7 +21,7 @@ def scale_invariant_attention(
     q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) with H % Hkv == 0 (grouped-query attention). Query row r sits at
     absolute position q_offset + r and key column c at position c (KV-cache decoding uses q_offset = Tk − Tq).
     scale defaults to 1/sqrt(D). Returns (B, H, Tq, D) in q's dtype; the math is float32 (float64 for float64).
-    backend: "auto", "reference", "chunked", "flex" or "triton" (see :mod:`siattn.backends`).
+    backend: "auto", "reference", "chunked", "sdpa" (plain logits only), "flex" or "triton" (:mod:`siattn.backends`).
     """
     transform = LogitTransform("scale-invariant", tau=tau, alpha=alpha, beta=beta)
     return run_backend(q, k, v, transform=transform, q_offset=q_offset, causal=causal, scale=scale,
