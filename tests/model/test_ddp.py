@@ -1,14 +1,14 @@
-"""DistributedDataParallel on 2 CPU processes (gloo) gives the gradients of one process on the whole batch."""
+"""DistributedDataParallel on 2 CPU processes (gloo, launched by torchrun) gives the gradients of one process on
+the whole batch."""
 
 from __future__ import annotations
 
 import os
-import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
 
 from siattn.model import GPT, GPTConfig
 
@@ -16,7 +16,7 @@ CONFIG = GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, head_dim=16, m
                    train_length=16)
 
 
-def _model() -> GPT:
+def model_for_test() -> GPT:
     torch.manual_seed(0)
     model = GPT(CONFIG)
     with torch.no_grad():  # non-zero output projections and head, so every parameter gets a gradient
@@ -26,36 +26,21 @@ def _model() -> GPT:
     return model
 
 
-def _batch() -> torch.Tensor:
+def batch() -> torch.Tensor:
     return torch.randint(0, 64, (4, 17), generator=torch.Generator().manual_seed(1))
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        model = DistributedDataParallel(_model())
-        x = _batch()[rank * 2:(rank + 1) * 2]  # each rank its own half of the global batch
-        model(x[:, :-1], x[:, 1:])[1].backward()
-        if rank == 0:
-            torch.save({n: p.grad for n, p in model.module.named_parameters()}, out)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_gradients_match_a_single_process_on_the_global_batch(tmp_path):
-    out = str(tmp_path / "grads.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    out = tmp_path / "grads.pt"
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a fresh torchrun, so nothing this pytest process started (compile workers, threads) is inherited
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(worker), str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp = torch.load(out)
-    model = _model()
-    x = _batch()
+    model = model_for_test()
+    x = batch()
     model(x[:, :-1], x[:, 1:])[1].backward()
     for n, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
