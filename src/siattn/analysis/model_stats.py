@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 from siattn.analysis import metrics
-from siattn.analysis.theory import fit_line, log_grid, save_figure
+from siattn.analysis.theory import fit_line, log_grid
 from siattn.backends.transforms import transform_logits
 from siattn.model.gpt import norm
+from siattn.plotting import pyplot, save_figure
 from siattn.positional import apply_rotary
 
 GRID_METRICS = ("entropy", "entropy_no_sink", "last_k_mass", "last_k_mass_no_sink")
@@ -450,10 +451,7 @@ def _metric_figures(series: list[tuple[str, dict, dict, list[int]]], cfg: dict, 
     """The three metric figures for ``series`` (label, entry, line style, N grid), like
     :func:`siattn.analysis.theory.plot_figures`; dashed: sink excluded (the mean's only, with
     ``mean_no_sink``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     k, paths = cfg["last_k"], []
     n_arr = np.array(sorted({v for *_, n in series for v in n}))
@@ -504,10 +502,7 @@ def _metric_figures(series: list[tuple[str, dict, dict, list[int]]], cfg: dict, 
 def plot_figures(results: dict, out: Path, title: str = "trained model") -> list[Path]:
     """global_entropy.png, range_entropy.png, last_k_mass.png (one line per layer and the mean) and qq.png (a
     panel per layer: raw-score quantiles of each head against N(0, 1), sink excluded)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     paths = _metric_figures(_series_of_layers(results), results["config"], out, title)
     ls = results["layers"]

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from siattn.analysis import metrics
+from siattn.plotting import pyplot, save_figure
 from siattn.schedule import expected_exp_logit, expected_range_mass, resolve_parameters, schedule
 
 SCHEMES = ("none", "logn", "scale_invariant")
@@ -332,11 +333,7 @@ def _label(scheme: str, cfg: dict) -> str:
 
 def plot_figures(results: dict, out: Path) -> list[Path]:
     """Three PNGs: global entropy vs N, range entropy vs t (one panel per Δ), last-k attention vs N."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cfg, n, ref = results["config"], np.array(results["n"]), results["references"]
     paths = []
 
@@ -386,16 +383,6 @@ def plot_figures(results: dict, out: Path) -> list[Path]:
     ax.grid(alpha=0.3, which="both")
     paths.append(save_figure(fig, out / "last_k_mass.png"))
     return paths
-
-
-def save_figure(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
 
 
 def _pick(values: list[int], targets: list[int]) -> list[int]:

@@ -15,29 +15,14 @@ from typing import Any
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
+from siattn.plotting import pyplot, save_figure
 
 
 def plot_loss_by_position(curves: Sequence[dict[str, Any]], path: str | Path, *, title: str | None = None
                           ) -> Path:
     """``curves``: dicts with ``label``, ``center`` (positions), ``loss`` (mean loss per bin) and
     ``train_length``; each is drawn as one line, each distinct training length as a dashed vertical line."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for c in curves:
         ax.plot(c["center"], c["loss"], label=c["label"], lw=1.6)
@@ -49,13 +34,13 @@ def plot_loss_by_position(curves: Sequence[dict[str, Any]], path: str | Path, *,
     ax.set_title(title or "validation loss by position")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_loss_by_length(rows: Sequence[dict[str, Any]], path: str | Path, *,
                         title: str | None = None) -> Path:
     """``rows``: dicts with ``label``, ``lengths``, ``losses`` and ``train_length``: loss vs eval length."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in rows:
         ax.plot(r["lengths"], r["losses"], marker="o", label=r["label"])
@@ -67,14 +52,14 @@ def plot_loss_by_length(rows: Sequence[dict[str, Any]], path: str | Path, *,
     ax.set_title(title or "validation loss by context length")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_depth_heatmaps(panels: Sequence[dict[str, Any]], path: str | Path, *,
                         title: str | None = None) -> Path:
     """``panels``: dicts with ``title``, ``accuracy`` (depth bins × lengths, NaN where empty) and
     ``col_labels``; rows are depth bins [k/n, (k+1)/n) from 0 % (top) to 100 % (bottom), cells annotated."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(panels)
     width = max(3.2, 1.1 * max(p["accuracy"].shape[1] for p in panels) + 1.6)
     fig, axes = plt.subplots(1, n, figsize=(width * n, 4.8), squeeze=False)
@@ -96,4 +81,4 @@ def plot_depth_heatmaps(panels: Sequence[dict[str, Any]], path: str | Path, *,
         fig.colorbar(image, ax=axes[0].tolist(), label="accuracy", shrink=0.9)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=120)

@@ -189,11 +189,9 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def plot_metrics(metrics_path: Path, out: Path, *, unigram_entropy: float | None = None, title: str = "") -> Path:
     """Training loss per logged step and validation loss per length, nats/token; returns ``out``."""
-    import matplotlib
+    from siattn.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val"]
@@ -210,10 +208,7 @@ def plot_metrics(metrics_path: Path, out: Path, *, unigram_entropy: float | None
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=120)
 
 
 # ---- configuration on resume ----
