@@ -70,9 +70,12 @@ register_backend(Backend("sdpa", sdpa_attention, sdpa_unsupported, "torch SDPA (
 _OPTIONAL_BACKENDS = {"triton": "siattn.backends.triton"}
 
 
-def _load_optional(name: str) -> bool:
+def _available(name: str) -> bool:
+    """Whether backend ``name`` is registered, importing its optional module on first use."""
     if name in BACKENDS:
         return True
+    if name not in _OPTIONAL_BACKENDS:
+        return False
     try:
         importlib.import_module(_OPTIONAL_BACKENDS[name])
     except ImportError:
@@ -95,8 +98,7 @@ def choose_backend(
         return "sdpa"
     if q.device.type == "cuda":
         for name in ("triton", "flex"):
-            if (name in BACKENDS or (name in _OPTIONAL_BACKENDS and _load_optional(name))) and \
-                    BACKENDS[name].unsupported(q, k, v, transform, needs_grad) is None:
+            if _available(name) and BACKENDS[name].unsupported(q, k, v, transform, needs_grad) is None:
                 return name
     return "chunked"
 
@@ -142,7 +144,7 @@ def run_backend(
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if backend == "auto":
         backend = choose_backend(q, k, v, transform, needs_grad)
-    elif backend not in BACKENDS and not (backend in _OPTIONAL_BACKENDS and _load_optional(backend)):
+    elif not _available(backend):
         raise ValueError(f"backend must be one of {backend_names()}, got {backend!r}")
     impl = BACKENDS[backend]
     reason = impl.unsupported(q, k, v, transform, needs_grad)

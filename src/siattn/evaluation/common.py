@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -19,8 +18,11 @@ from typing import Any
 
 import torch
 
+from siattn.precision import DTYPES, amp_dtype, autocast
+
+__all__ = ["DTYPES", "amp_dtype", "autocast"]  # re-exported for the evaluation modules and recipes
+
 DEFAULT_MULTIPLIERS = (1, 4, 16)
-DTYPES = ("auto", "float32", "bfloat16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -31,23 +33,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
     return device
-
-
-def amp_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``dtype`` on ``device``: ``auto`` is bfloat16 on CUDA, none (float32) on CPU."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if dtype == "float32" or (dtype == "auto" and device.type != "cuda"):
-        return None
-    return torch.bfloat16
-
-
-def autocast(device: torch.device, dtype: str = "auto") -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for :func:`amp_dtype`, or a no-op context when that is float32."""
-    dt = amp_dtype(device, dtype)
-    if dt is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dt)
 
 
 @dataclass

@@ -38,6 +38,14 @@ def pad_vocab(vocab_size: int, multiple: int = 64) -> int:
     return multiple * math.ceil(vocab_size / multiple)
 
 
+def _check_fields(cls: type, d: dict[str, Any]) -> type:
+    """``cls`` after checking that ``d`` names only its fields (a saved config from a newer siattn does not)."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown} (written by a newer siattn?)")
+    return cls
+
+
 @dataclass
 class GPTConfig:
     """The network. ``vocab_size`` is the tokenizer's (exact); embedding and head have ``padded_vocab_size`` rows."""
@@ -79,11 +87,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields {unknown} (written by a newer siattn?)")
-        return cls(**d)
+        return _check_fields(cls, d)(**d)
 
 
 @dataclass
@@ -160,11 +164,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown} (written by a newer siattn?)")
-        return cls(**d)
+        return _check_fields(cls, d)(**d)
 
 
 def _model(**kw: Any) -> GPTConfig:

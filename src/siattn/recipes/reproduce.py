@@ -9,10 +9,8 @@ passkey`` (zero-shot), and a summary table in the layout of the paper's results 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 from siattn.methods import METHODS
 
@@ -50,30 +48,24 @@ def _run(argv: list[str]) -> None:
         raise SystemExit(f"`siattn {' '.join(argv)}` failed with exit code {code}")
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def summarize(out: Path, methods: list[str]) -> str:
     """The paper-style table: validation loss and needle / passkey accuracy at 1×, 4×, 16× per method."""
-    evaluation = _read(out / "eval" / "eval.json") or {"checkpoints": {}}
-    needle = _read(out / "needle" / "needle.json") or {"checkpoints": {}}
-    passkey = _read(out / "passkey" / "passkey.json") or {"checkpoints": {}}
+    from siattn.evaluation.common import markdown_table, read_json
 
-    def lengths_of(entry: dict[str, Any]) -> list[str]:
-        return sorted(entry.get("results", {}), key=int)
-
+    evaluation = read_json(out / "eval" / "eval.json") or {"checkpoints": {}}
+    needle = read_json(out / "needle" / "needle.json") or {"checkpoints": {}}
+    passkey = read_json(out / "passkey" / "passkey.json") or {"checkpoints": {}}
     rows, header_lengths = [], None
     for method in methods:
         ev = evaluation["checkpoints"].get(method)
         if ev is None:
             continue
-        lengths = lengths_of(ev)
+        lengths = sorted(ev.get("results", {}), key=int)
         header_lengths = header_lengths or lengths
-        row = [method] + [f"{ev['results'][n]['loss']:.3f}" for n in lengths]
+        row = [method] + [ev["results"][n]["loss"] for n in lengths]
         for source, stage in ((needle, "finetuned"), (passkey, "zero-shot")):
             result = source["checkpoints"].get(method, {}).get("stages", {}).get(stage, {}).get("lengths", {})
-            row += [f"{result[n]['accuracy']:.3f}" if n in result else "—" for n in lengths]
+            row += [result[n]["accuracy"] if n in result else None for n in lengths]
         rows.append(row)
     if not rows:
         return "no results yet\n"
@@ -81,9 +73,7 @@ def summarize(out: Path, methods: list[str]) -> str:
     names = [f"{int(n) // train_length}×" for n in header_lengths]
     header = ["method"] + [f"val@{n}" for n in names] + [f"needle@{n}" for n in names] + \
         [f"passkey@{n}" for n in names]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, rows)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ Under torchrun every rank reads its own slice of each global batch and only rank
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import shutil
@@ -41,6 +42,7 @@ from siattn.model.config import TrainConfig
 from siattn.model.gpt import GPT
 from siattn.model.optim import build_optimizer
 from siattn.model.schedules import lr_multiplier
+from siattn.precision import autocast as precision_autocast
 from siattn.training.distributed import DistInfo, all_reduce_sum, any_rank, barrier
 
 # fields that may change when a run is resumed (everything else must match the checkpoint's config)
@@ -246,15 +248,6 @@ def find_checkpoint(run_dir: Path) -> Path | None:
 
 # ---- the loop ----
 
-def _autocast_factory(config: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    dtype = config.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" else "float32"
-    if dtype == "float32":
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def _batches(loader: Iterator, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -322,7 +315,7 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
         model = torch.compile(model)
     if info.distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = _autocast_factory(config, device)
+    autocast = functools.partial(precision_autocast, device, config.dtype)
 
     n_params = raw_model.num_parameters()
     unigram = unigram_entropy(ds.val)
