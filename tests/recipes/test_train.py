@@ -153,7 +153,11 @@ def test_torchrun_on_two_cpu_ranks_matches_one_process(dataset, tmp_path):
     subprocess.run(train_cli(*common, "--out", str(one)), env=ENV, check=True, capture_output=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "siattn",
            "train", *TINY, *common, "--out", str(two), "--device", "cpu"]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    try:
+        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as e:  # say where it stopped, not only that it did
+        out, err = (x.decode() if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
+        pytest.fail(f"torchrun still running after 600 s:\n{out[-2000:]}\n{err[-3000:]}")
     assert done.returncode == 0, done.stderr[-3000:]
     config = json.loads((two / "config.json").read_text())
     assert config["world_size"] == 2 and config["micro_batch_size"] == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -25,10 +26,11 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str | None = None) -> DistInfo:
+def init_distributed(device: str | None = None, timeout: timedelta | None = None) -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), pick this process's device.
 
     ``device``: "cpu", "cuda" or None (CUDA when available). Each rank gets ``cuda:LOCAL_RANK``.
+    ``timeout``: how long a collective may wait for the other ranks (None: torch's default).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -44,10 +46,10 @@ def init_distributed(device: str | None = None) -> DistInfo:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
+        extra = {"timeout": timeout} if timeout is not None else {}
         if dev.type == "cuda":
-            dist.init_process_group(backend=backend, device_id=dev)
-        else:
-            dist.init_process_group(backend=backend)
+            extra["device_id"] = dev
+        dist.init_process_group(backend=backend, **extra)
     return DistInfo(rank, world_size, local_rank, dev)
 
 
