@@ -337,7 +337,7 @@ def test_logn_in_a_saved_config_is_refused_at_run_time():
 def test_unconverted_model_is_told_to_convert():
     model = tiny_llama()
     hf.register()
-    model.set_attn_implementation("siattn")  # default method si-p-rope, but the rotary is still RoPE
+    hf._set_attn_implementation(model, model.config, "siattn")  # si-p-rope by default, but the rotary is RoPE
     with pytest.raises(ValueError, match="convert"):
         model(tokens(1, 4))
 
@@ -346,7 +346,7 @@ def test_attention_function_without_its_mask_registration_is_refused():
     model = hf.convert(tiny_llama(), method="si-p-rope")
     AttentionInterface.register("siattn_no_mask", hf.attention_forward)
     try:
-        model.set_attn_implementation("siattn_no_mask")
+        hf._set_attn_implementation(model, model.config, "siattn_no_mask")  # any transformers version
         with pytest.raises(RuntimeError, match=r"siattn\.hf\.register"):
             model(tokens(1, 4))
     finally:

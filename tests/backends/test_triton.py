@@ -6,6 +6,7 @@ dot is wrong in triton 3.9). Acceptance: ‖out − ref‖/‖ref‖ < 3e-3 and 
 against the float32 reference on upcast inputs.
 """
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -76,14 +77,14 @@ def _inputs(b, h, hkv, tq, tk, d, dtype, grad=True):
     return make(b, h, tq, d), make(b, hkv, tk, d), make(b, hkv, tk, d)
 
 
-def _check(case, transform, causal=True, dtype=None, backward=True):
+def _check(case, transform, causal=True, dtype=None, backward=True, bwd_config=None):
     b, h, hkv, tq, tk, off, d = case
     dtype = dtype or DTYPES[0]
     q, k, v = _inputs(b, h, hkv, tq, tk, d, dtype, grad=backward)
     kw = dict(transform=transform, q_offset=off, causal=causal, scale=d**-0.5)
     qf, kf, vf = (x.detach().float().requires_grad_(backward) for x in (q, k, v))
     ref = reference_attention(qf, kf, vf, **kw)
-    out = tb.flash_attention(q, k, v, **kw)
+    out = tb.flash_attention(q, k, v, bwd_config=bwd_config, **kw)
     assert out.dtype == dtype and out.shape == ref.shape
     assert _rel(out, ref) < FWD_TOL, f"forward error {_rel(out, ref):.2e}"
     if backward:
@@ -119,13 +120,21 @@ def test_queries_past_the_last_key():
     _check(CPU_CASES[2], SI)
 
 
-def test_far_tiles_use_polynomials_and_match_reference():
-    """A few queries far down a long prefix: every far-tile polynomial order (1, 2, 3) is exercised."""
+@pytest.mark.parametrize("dkdv_poly", [3, 1, 0])
+def test_far_tiles_use_polynomials_and_match_reference(dkdv_poly):
+    """A few queries far down a long prefix: every far-tile polynomial order (1, 2, 3) is exercised, and the
+    dK/dV kernel's three ways of covering far tiles (orders 3/2/1, order 3 only, exact) agree."""
     window = tb.INTERPRETER_FWD.block_n if not CUDA else tb.DEFAULT_FWD.block_n
     t1 = tb.poly_thresholds(*SI.parameters, window)[0]
     tk = t1 + 6 * window + 5
     assert t1 < tk - 16
-    _check((1, 2, 1, 16, tk, tk - 16, 64), SI)
+    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
+    _check((1, 2, 1, 16, tk, tk - 16, 64), SI, bwd_config=dataclasses.replace(base, dkdv_poly=dkdv_poly))
+
+
+def test_backward_config_rejects_unknown_polynomial_modes():
+    with pytest.raises(ValueError, match="dkdv_poly"):
+        tb.BwdConfig(dkdv_poly=2)
 
 
 @pytest.mark.parametrize("transform", [SI, LogitTransform("alibi"), LogitTransform("none")],
@@ -218,6 +227,13 @@ def test_gpu_non_causal_and_fp16(transform):
 def test_gpu_long_prefix_every_polynomial_order(d):
     """Queries at the end of an 8k prefix: far tiles use the order-1/2/3 polynomials in all three kernels."""
     _check((1, 2, 1, 300, 8500, 8200, d), SI, dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", tb.DKDV_CANDIDATES + tb.DQ_CANDIDATES, ids=repr)
+def test_gpu_every_backward_tuning_candidate(cfg):
+    """The autotuner may pick any candidate: each one matches the reference over a prefix with far tiles."""
+    _check((1, 4, 2, 200, 6000, 5800, 128), SI, dtype=torch.bfloat16, bwd_config=cfg)
 
 
 @pytest.mark.gpu

@@ -165,3 +165,30 @@ def test_torchrun_on_two_cpu_ranks_matches_one_process(dataset, tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
     for a, b in zip(records(one, "val"), records(two, "val"), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_mirrors_the_metrics_and_a_resume_drops_the_steps_it_redoes(dataset, tmp_path):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    common = ["--data", str(dataset), "--out", str(run), "--log-every", "1", "--eval-every", "2", "--tensorboard"]
+    assert main(["train", *TINY, *common, "--steps", "4", "--ckpt-every", "2"]) == 0
+    # a crash after step 4's checkpoint... then resume from step 2: steps 3-4 are written again, once each
+    assert main(["train", *TINY, *common, "--steps", "6", "--resume", str(run / "checkpoints" / "step_000002")]) == 0
+    scalars = tensorboard_scalars(run / "tensorboard")
+    train = records(run, "train")
+    assert [s for s, _ in scalars["train/loss"]] == [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    for (_, value), r in zip(scalars["train/loss"], train, strict=True):
+        assert value == pytest.approx(r["loss"], rel=1e-6)
+    val = records(run, "val")
+    for length in ("32", "128"):
+        assert [s for s, _ in scalars[f"val/loss@{length}"]] == [r["step"] for r in val] == [2, 4, 6]
+        assert [v for _, v in scalars[f"val/loss@{length}"]] == pytest.approx([r["loss"][length] for r in val])
+    assert {"train/lr_mult", "train/tokens_per_s"} <= set(scalars)

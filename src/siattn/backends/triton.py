@@ -80,7 +80,8 @@ class FwdConfig:
 @dataclass(frozen=True)
 class BwdConfig:
     """Backward tiling: dK/dV programs own ``dkdv_n`` keys and step over ``dkdv_m`` queries; dQ programs own
-    ``dq_m`` queries and step over ``dq_n`` keys."""
+    ``dq_m`` queries and step over ``dq_n`` keys. ``dkdv_poly``: far-tile polynomials of the dK/dV kernel
+    (3: orders 3/2/1 by distance, 1: order 3 only, one loop and fewer spilled registers, 0: exact everywhere)."""
 
     dkdv_m: int = 32
     dkdv_n: int = 128
@@ -90,6 +91,11 @@ class BwdConfig:
     dq_n: int = 64
     dq_warps: int = 8
     dq_stages: int = 3
+    dkdv_poly: int = 3
+
+    def __post_init__(self) -> None:
+        if self.dkdv_poly not in (0, 1, 3):
+            raise ValueError(f"dkdv_poly must be 0, 1 or 3, got {self.dkdv_poly!r}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,10 @@ DKDV_CANDIDATES = (
     BwdConfig(dkdv_m=16, dkdv_n=128, dkdv_warps=8, dkdv_stages=4),
     BwdConfig(dkdv_m=64, dkdv_n=128, dkdv_warps=8, dkdv_stages=2),
     BwdConfig(dkdv_m=32, dkdv_n=64, dkdv_warps=4, dkdv_stages=2),
+    # fewer polynomial loops: less register spilling (offline sm_90 compile, benchmarks/KERNEL-NOTES.md)
+    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=1),
+    BwdConfig(dkdv_m=32, dkdv_n=64, dkdv_warps=8, dkdv_stages=3, dkdv_poly=1),
+    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=0),
 )
 DQ_CANDIDATES = (
     BwdConfig(dq_m=128, dq_n=64, dq_warps=8, dq_stages=3),
@@ -322,7 +332,7 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
             hkv, groups, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], ds_scale,
             *th, HEAD_DIM=dim, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, MODE=mode, CAUSAL=causal,
-            USE_ASM=_use_asm(), num_warps=c.dkdv_warps, num_stages=c.dkdv_stages,
+            USE_ASM=_use_asm(), POLY=c.dkdv_poly, num_warps=c.dkdv_warps, num_stages=c.dkdv_stages,
         )
 
     def launch_dq(c: BwdConfig):

@@ -330,8 +330,12 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, COEF, SLOPES,
                     Hkv, G, Tq, Tk, q_offset, coef_len,
                     qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
-                    CAUSAL: tl.constexpr, USE_ASM: tl.constexpr):
-    """One program per (key tile, batch·kv head): dK, dV summed over the G query heads of the group."""
+                    CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, POLY: tl.constexpr = 3):
+    """One program per (key tile, batch·kv head): dK, dV summed over the G query heads of the group.
+
+    Far query tiles (scale-invariant, causal) take a_t from polynomials: POLY = 3 uses orders 3, 2, 1 as the
+    distance grows (three loops: least arithmetic), 1 uses order 3 for all of them (one loop: fewer registers
+    spilled), 0 none (the exact transform on every tile)."""
     pid_n = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // Hkv
@@ -357,7 +361,7 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, COEF, SLOPES,
     else:
         m_lo = 0
         m_full = 0
-    if MODE == 1 and CAUSAL:
+    if MODE == 1 and CAUSAL and POLY > 0:
         base_y = n0 + BLOCK_N - 1 - q_offset  # tile i has smallest distance i·BLOCK_M − base_y
         s3 = tl.minimum(tl.maximum(_first_tile_at(base_y + T3, BLOCK_M), m_full), m_end)
         s2 = tl.minimum(tl.maximum(_first_tile_at(base_y + T2, BLOCK_M), s3), m_end)
@@ -383,7 +387,12 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, COEF, SLOPES,
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n, offs_mb,
                              offs_d, m_full, s3, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
                              inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM)
-        if MODE == 1 and CAUSAL:
+        if MODE == 1 and CAUSAL and POLY == 1:
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
+                                 offs_mb, offs_d, s3, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
+                                 USE_ASM)
+        if MODE == 1 and CAUSAL and POLY == 3:
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
                                  offs_mb, offs_d, s3, s2, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,

@@ -132,6 +132,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU
     compile: bool = False
+    tensorboard: bool = False  # also write the metrics as TensorBoard events in RUN/tensorboard
     out: str | None = None  # run folder; None: runs/{name}-{method}
 
     def __post_init__(self) -> None:

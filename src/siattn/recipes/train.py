@@ -25,6 +25,7 @@ OVERRIDES = {
     "ckpt_every": "ckpt_every", "keep_checkpoints": "keep_checkpoints", "n_layer": "n_layer",
     "n_embd": "n_embd", "n_head": "n_head", "n_kv_head": "n_kv_head", "head_dim": "head_dim", "tau": "tau",
     "p_rope_base": "p_rope_base", "grad_clip": "grad_clip", "compile": "compile",
+    "tensorboard": "tensorboard",
 }
 
 
@@ -59,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--attn-backend", choices=backend_names(), default=None, help="attention backend")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write the metrics as TensorBoard events in RUN/tensorboard "
+                        "(needs pip install 'siattn[tensorboard]')")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     g = parser.add_argument_group("data")
     g.add_argument("--data", default=None, help="prepared dataset folder (or folder of .bin shards)")

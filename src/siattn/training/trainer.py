@@ -7,6 +7,7 @@ A run folder holds everything a run did:
                      and {"kind": "val", "step", "loss": {"512": ..., "2048": ...}} (nats/token)
     checkpoints/     step_XXXXXX/ folders (siattn.model.checkpoint) and LATEST
     loss.png         the loss curves; summary.json: final numbers
+    tensorboard/     the same metrics as TensorBoard events (with --tensorboard)
 
 Resuming restores weights, optimiser state, the data loader position and RNG states, so on CPU a resumed run
 is bit-identical to an uninterrupted one. SIGINT/SIGTERM finish the current step, save a checkpoint and stop.
@@ -48,7 +49,7 @@ from siattn.training.distributed import DistInfo, all_reduce_sum, any_rank, barr
 # fields that may change when a run is resumed (everything else must match the checkpoint's config)
 # (``data`` may move; a different dataset is caught when the loader's window count does not match)
 RESUMABLE_OVERRIDES = frozenset({"steps", "eval_every", "ckpt_every", "log_every", "keep_checkpoints", "compile",
-                                 "attn_backend", "out", "eval_multipliers", "data"})
+                                 "tensorboard", "attn_backend", "out", "eval_multipliers", "data"})
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
@@ -161,10 +162,17 @@ def evaluate(model: GPT, tokens: Any, lengths: list[int], n_tokens: int, batch_t
 # ---- metrics ----
 
 class MetricsLog:
-    """metrics.jsonl, appended line by line (rank 0 only); on resume, lines after the checkpoint's step go."""
+    """metrics.jsonl, appended line by line (rank 0 only); on resume, lines after the checkpoint's step go.
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None = None):
+    With ``tensorboard_dir`` every record is also written as TensorBoard scalars (``train/loss``,
+    ``train/lr_mult``, ``train/tokens_per_s``, ``val/loss@LENGTH``, x axis = step); on resume TensorBoard's
+    own purge drops events after the checkpoint's step, as the JSONL does.
+    """
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None = None,
+                 tensorboard_dir: Path | None = None):
         self.path, self.enabled = path, enabled
+        self._tb = None
         if not enabled:
             return
         if resume_step is not None and path.exists():
@@ -173,16 +181,42 @@ class MetricsLog:
             path.write_text("".join(line + "\n" for line in keep))
         elif resume_step is None:
             path.write_text("")
+        if tensorboard_dir is not None:
+            self._tb = tensorboard_writer(tensorboard_dir, purge_step=None if resume_step is None
+                                          else resume_step + 1)
         self._file = open(path, "a")  # noqa: SIM115 (kept open for the run)
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            step = record["step"]
+            if record["kind"] == "val":
+                for length, loss in record["loss"].items():
+                    self._tb.add_scalar(f"val/loss@{length}", loss, step)
+            else:
+                for key in ("loss", "lr_mult", "tokens_per_s"):
+                    if key in record:
+                        self._tb.add_scalar(f"{record['kind']}/{key}", record[key], step)
+            self._tb.flush()
 
     def close(self) -> None:
         if self.enabled:
             self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def tensorboard_writer(log_dir: Path, purge_step: int | None = None) -> Any:
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``log_dir``; a clear error when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # torch imports it lazily and needs the tensorboard package
+        raise RuntimeError("--tensorboard needs the tensorboard package: pip install 'siattn[tensorboard]' "
+                           f"({e})") from None
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -332,7 +366,8 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
         f"{config.batch_size} × {config.seq_len} tokens (micro-batch {micro}, accumulation {accum}, "
         f"{info.world_size} rank(s), {device}); {epochs:.2f} epochs of "
         f"{len(ds.train):,} training tokens")
-    metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main, start_step if resume is not None else None)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main, start_step if resume is not None else None,
+                         tensorboard_dir=run_dir / "tensorboard" if config.tensorboard else None)
 
     tok_info = dict(ds.manifest.get("tokenizer", {}))
     tok_file = Path(ds.path) / tok_info["file"] if tok_info.get("file") else None
