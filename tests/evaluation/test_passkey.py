@@ -23,7 +23,7 @@ def test_the_key_is_hidden_once_in_filler_and_asked_for_at_the_end(tokenizer, se
     assert len(key) == 5 and key.isdigit() and key[0] != "0"
     assert text.count(f"The pass key is {key}. Remember it. {key} is the pass key.") == 1
     assert text.endswith(QUESTION) and text.count(FILLER.strip()) >= 5
-    assert ex.answer_text == f" {key}" and tokenizer.decode(ex.answer) == f" {key}"
+    assert ex.answer_text == f" {key}." and tokenizer.decode(ex.answer) == f" {key}."  # the full stop ends it
     assert 1000 - len(tokenizer.encode(FILLER)) < ex.length <= 1000
     assert tokenizer.decode(ex.prompt[ex.needles[0].start:]).startswith(" The pass key is")
 

@@ -5,13 +5,15 @@ One example of length L (what a teacher-forced forward sees: prompt + answer = L
     <validation text ...>The special magic Oslo number is 4817263.\n<... text ...>
     The special magic Lima number is 9034417.\n<... text ...>The special magic Kyoto number is 1275590.\n<...>
     \nQuestion: what are the special magic numbers of the cities above, in the order they appear?\n
-    Answer: |Oslo=4817263;Lima=9034417;Kyoto=1275590
+    Answer: |Oslo=4817263;Lima=9034417;Kyoto=1275590\n
 
 The haystack is a random window of the token stream, cut so the whole example is L + 1 tokens. Each needle
 goes in at a uniformly random token position of the haystack, moved to the nearest line start (after a token
 that ends with a newline, or after end-of-document) when one lies within ``max_snap`` tokens (needles that
 snap to the same line start go in one after another). Three distinct cities from
-:data:`~siattn.evaluation.cities.CITIES`, distinct 7-digit numbers. The loss covers only the answer tokens.
+:data:`~siattn.evaluation.cities.CITIES`, distinct 7-digit numbers. The loss covers only the answer tokens,
+the closing newline included: a fine-tuned model learns where its answer ends (without it, greedy decoding runs
+on into extra digits that the exact-match scorer rightly counts as wrong). Scoring reads the answer line only.
 
 The same machinery serves any retrieval task (``passkey``): a task makes :class:`RetrievalExample` s and
 scores decoded text; :func:`finetune` trains on the answer tokens with the model's own optimisers and a
@@ -162,7 +164,7 @@ def make_needle_example(haystack_tokens: Any, tokenizer: Any, length: int, rng: 
         if n not in numbers:
             numbers.append(n)
     needle_ids = [encode(tokenizer, NEEDLE_TEMPLATE.format(city=c, number=n)) for c, n in zip(names, numbers)]
-    answer_text = ";".join(f"{c}={n}" for c, n in zip(names, numbers))
+    answer_text = ";".join(f"{c}={n}" for c, n in zip(names, numbers)) + "\n"
     answer = encode(tokenizer, answer_text)
     question = encode(tokenizer, QUESTION)
     hay_len = length + 1 - len(answer) - len(question) - sum(len(x) for x in needle_ids)

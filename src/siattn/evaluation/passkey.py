@@ -3,12 +3,13 @@
     There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz
     you about the important information there. The grass is green. The sky is blue. The sun is yellow. Here
     we go. There and back again. ... The pass key is 48213. Remember it. 48213 is the pass key. ... The grass
-    is green. ... What is the pass key? The pass key is| 48213
+    is green. ... What is the pass key? The pass key is| 48213.
 
 The filler is repeated as often as fits in ``length`` positions (prompt + answer <= length + 1 tokens); the
 key sentence goes between two repetitions chosen uniformly at random; the key is a uniformly random 5-digit
 integer.
-Scoring is exact match of the first integer in the greedy output. Fine-tuning, greedy decoding and the depth
+The answer is the key and the full stop that ends the sentence, so fine-tuning (on the answer tokens) also
+teaches where the key ends. Scoring is exact match of the first integer in the greedy output. Fine-tuning, greedy decoding and the depth
 heat map are the needle task's (:mod:`siattn.evaluation.needle`).
 """
 
@@ -26,7 +27,7 @@ INTRO = ("There is an important info hidden inside a lot of irrelevant text. Fin
 FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 KEY_SENTENCE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
-ANSWER = " {key}"
+ANSWER = " {key}."
 
 
 def make_passkey_example(tokenizer: Any, length: int, rng: np.random.Generator, *, digits: int = 5
