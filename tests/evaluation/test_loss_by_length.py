@@ -89,3 +89,15 @@ def test_loss_at_length_matches_the_models_own_mean_loss(haystack, make_gpt):
     with torch.no_grad():
         _, loss = model(x, y)
     assert res.loss == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_shards_split_the_batches_and_sum_to_the_whole(haystack, make_gpt):
+    """What the trainer's ranks each score (shard = (rank, world_size)) adds up to one process's result."""
+    model = make_gpt()
+    whole = loss_at_length(model, haystack, 32, 32 * 5, progress=False)
+    parts = [loss_at_length(model, haystack, 32, 32 * 5, progress=False, shard=(r, 2)) for r in range(2)]
+    assert [p.windows for p in parts] == [3, 2]
+    assert sum(p.tokens for p in parts) == whole.tokens
+    assert sum(p.loss_sum for p in parts) == pytest.approx(whole.loss_sum, rel=1e-6)
+    with pytest.raises(ValueError, match="shard"):
+        loss_at_length(model, haystack, 32, 32, progress=False, shard=(2, 2))

@@ -138,20 +138,29 @@ def scored_tokens(n_tokens: int, lengths: Sequence[int]) -> int:
 @torch.no_grad()
 def loss_at_length(model: nn.Module, tokens: Any, length: int, n_tokens: int, *, batch_size: int = 1,
                    dtype: str = "auto", head_chunk: int | None = None, progress: bool = True,
-                   desc: str | None = None) -> LengthLoss:
+                   desc: str | None = None, shard: tuple[int, int] = (0, 1)) -> LengthLoss:
     """Mean loss over the first ``n_tokens`` targets of ``tokens`` (a TokenArray, array or list) in
     non-overlapping windows of ``length``, ``batch_size`` windows per forward. ``n_tokens`` must be a multiple
-    of ``length``. ``dtype``: ``auto`` (bfloat16 autocast on CUDA), ``float32`` or ``bfloat16``."""
+    of ``length``. ``dtype``: ``auto`` (bfloat16 autocast on CUDA), ``float32`` or ``bfloat16``.
+    ``shard = (rank, world_size)``: score only batches rank, rank + world_size, ... (the counts in the result
+    are this shard's; summing ``loss_sum`` and ``tokens`` over the ranks gives the whole)."""
     from siattn.data import validation_windows
 
+    rank, world_size = shard
+    if not 0 <= rank < world_size:
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    n_windows = n_tokens // length
+    n_windows = 0
     pos_sum = torch.zeros(length, dtype=torch.float64, device=device)
-    bar = tqdm(total=n_windows, desc=desc or f"loss@{length}", unit="win", disable=not progress, leave=False)
+    bar = tqdm(total=n_tokens // length, desc=desc or f"loss@{length}", unit="win", disable=not progress,
+               leave=False)
     try:
-        for w in validation_windows(tokens, length, n_tokens, batch_size=batch_size):
+        for i, w in enumerate(validation_windows(tokens, length, n_tokens, batch_size=batch_size)):
+            if i % world_size != rank:
+                continue
+            n_windows += w.shape[0]
             w = w.to(device)
             with autocast(device, dtype):
                 losses = per_token_losses(model, w[:, :-1], w[:, 1:], context_length=length,

@@ -7,10 +7,9 @@
 
 The filler is repeated as often as fits in ``length`` positions (prompt + answer <= length + 1 tokens); the
 key sentence goes between two repetitions chosen uniformly at random; the key is a uniformly random 5-digit
-integer.
-The answer is the key and the full stop that ends the sentence, so fine-tuning (on the answer tokens) also
-teaches where the key ends. Scoring is exact match of the first integer in the greedy output. Fine-tuning, greedy decoding and the depth
-heat map are the needle task's (:mod:`siattn.evaluation.needle`).
+integer. The answer is the key and the full stop that ends the sentence, so fine-tuning (on the answer
+tokens) also teaches where the key ends. Scoring is exact match of the first integer in the greedy output.
+Fine-tuning, greedy decoding and the depth heat map are the needle task's (:mod:`siattn.evaluation.needle`).
 """
 
 from __future__ import annotations

@@ -134,28 +134,18 @@ def eval_token_count(config: TrainConfig, val_tokens: int) -> int:
 
 @torch.no_grad()
 def evaluate(model: GPT, tokens: Any, lengths: list[int], n_tokens: int, batch_tokens: int, info: DistInfo,
-             autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[int, float]:
-    """Mean loss (nats/token) over the same ``n_tokens`` validation targets at each length; ranks split the
-    windows and sum their losses."""
-    from siattn.data import validation_windows
+             dtype: str = "auto") -> dict[int, float]:
+    """Mean loss (nats/token) over the same ``n_tokens`` validation targets at each length
+    (:func:`siattn.evaluation.loss_at_length`); ranks split the batches of windows and sum their losses."""
+    from siattn.evaluation.loss_by_length import loss_at_length
 
-    was_training = model.training
-    model.eval()
     out = {}
     for length in lengths:
-        total = torch.zeros(2, dtype=torch.float64, device=info.device)
-        batch = max(1, batch_tokens // length)
-        for i, w in enumerate(validation_windows(tokens, length, n_tokens, batch_size=batch)):
-            if i % info.world_size != info.rank:
-                continue
-            w = w.to(info.device)
-            with autocast():
-                _, losses = model(w[:, :-1], w[:, 1:], return_per_token_loss=True)
-            total[0] += losses.double().sum()
-            total[1] += losses.numel()
+        part = loss_at_length(model, tokens, length, n_tokens, batch_size=max(1, batch_tokens // length),
+                              dtype=dtype, progress=False, shard=(info.rank, info.world_size))
+        total = torch.tensor([part.loss_sum, part.tokens], dtype=torch.float64, device=info.device)
         all_reduce_sum(total, info)
         out[length] = float(total[0] / total[1])
-    model.train(was_training)
     return out
 
 
@@ -442,7 +432,7 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
                                              "learning rates (--lr-muon, --lr-embed, --lr-head)")
 
             if step % config.eval_every == 0 or step == config.steps:
-                final_val = evaluate(raw_model, ds.val, lengths, n_eval, config.eval_batch_tokens, info, autocast)
+                final_val = evaluate(raw_model, ds.val, lengths, n_eval, config.eval_batch_tokens, info, config.dtype)
                 last["val"] = {str(k): v for k, v in final_val.items()}
                 metrics.write({"kind": "val", "step": step, "loss": last["val"]})
                 bar.write(f"step {step}: val " + ", ".join(f"@{k} {v:.4f}" for k, v in final_val.items()))
@@ -455,7 +445,7 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
     bar.close()
     if not final_val:  # resumed a finished run: nothing trained; report its last validation
         final_val = resumed_val if set(resumed_val) == set(lengths) else evaluate(
-            raw_model, ds.val, lengths, n_eval, config.eval_batch_tokens, info, autocast)
+            raw_model, ds.val, lengths, n_eval, config.eval_batch_tokens, info, config.dtype)
     metrics.close()
     plot = None
     if info.is_main and (run_dir / "metrics.jsonl").stat().st_size:
