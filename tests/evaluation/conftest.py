@@ -4,6 +4,7 @@ them."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -123,6 +124,12 @@ class OracleLM(nn.Module):
         super().__init__()
         self.dummy = nn.Parameter(torch.zeros(1))
         self.tokenizer, self.corrupt = tokenizer, corrupt
+
+    def forward(self, idx, targets, *, context_length=None, return_per_token_loss=False):
+        """Uniform next-token probabilities: every target costs log(vocab) nats."""
+        assert return_per_token_loss
+        losses = torch.full(targets.shape, math.log(self.tokenizer.vocab_size)) * (targets != -1)
+        return None, losses
 
     def generate(self, idx, max_new_tokens, *, temperature=1.0, eod_id=None, **_):
         assert temperature == 0.0  # greedy

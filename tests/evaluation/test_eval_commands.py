@@ -64,7 +64,9 @@ def test_needle_finetunes_then_reports_accuracy_by_length_and_depth(checkpoint, 
     for r in stage["lengths"].values():
         assert r["trials"] == 2 and r["needles"] == 6 and 0.0 <= r["accuracy"] <= 1.0
         assert all(len(t["correct"]) == 3 for t in r["records"])
-    assert "| checkpoint | stage | 384 (1×) | 768 (2×) |" in (tmp_path / "needle.md").read_text()
+        assert 0.0 < r["answer_loss"] < 20.0 and all("answer_loss" in t for t in r["records"])
+    report = (tmp_path / "needle.md").read_text()
+    assert "| checkpoint | stage | 384 (1×) | 768 (2×) |" in report and "Answer loss" in report
     assert (tmp_path / "needle-heatmap-finetuned.png").stat().st_size > 1000
     assert (tmp_path / "finetuned-needle" / "si-p-rope" / "COMPLETE").exists()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,9 @@ def test_a_perfect_retriever_gets_every_passkey(tokenizer, oracle):
     res = evaluate_length(oracle(tokenizer), PasskeyTask(tokenizer), 600, 5, decode=tokenizer.decode,
                           progress=False)
     assert res["accuracy"] == 1.0 and res["trials"] == 5
+    # the stand-in's probabilities are uniform: the answer loss is log(vocab) per answer token, prompt excluded
+    assert res["answer_loss"] == pytest.approx(math.log(tokenizer.vocab_size), rel=1e-5)
+    assert all(r["answer_loss"] == pytest.approx(res["answer_loss"], rel=1e-4) for r in res["records"])
     off_by_one = oracle(tokenizer, lambda t: t[:-1] + str((int(t[-1]) + 1) % 10))
     res = evaluate_length(off_by_one, PasskeyTask(tokenizer), 600, 5, decode=tokenizer.decode, progress=False)
     assert res["accuracy"] == 0.0

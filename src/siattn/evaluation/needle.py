@@ -327,8 +327,21 @@ def example_rng(seed: int, length: int, trial: int) -> np.random.Generator:
     return np.random.default_rng([seed, 0, length, trial])
 
 
+@torch.no_grad()
+def answer_loss(model: nn.Module, example: RetrievalExample) -> float:
+    """Teacher-forced mean cross-entropy (nats/token) of the answer tokens given the prompt: a graded
+    measure of retrieval that still moves where exact-match accuracy is 0 or 1."""
+    from siattn.evaluation.loss_by_length import per_token_losses
+
+    device = next(model.parameters()).device
+    x, y = (torch.as_tensor(a, device=device)[None] for a in example.training_pair())
+    losses = per_token_losses(model, x, y)
+    return float(losses[y != -1].mean())
+
+
 def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy over the needles of ``records`` (one per trial, as :func:`evaluate_length` writes them)."""
+    """Accuracy over the needles of ``records`` (one per trial, as :func:`evaluate_length` writes them), and
+    the mean teacher-forced answer loss where the records have it."""
     correct = [c for r in records for c in r["correct"]]
     keys = [c for r in records for c in r["key"]]
     values = [c for r in records for c in r["value"]]
@@ -337,9 +350,11 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     def mean(xs: Sequence[bool]) -> float | None:
         return float(np.mean(xs)) if xs else None
 
+    losses = [r["answer_loss"] for r in records if "answer_loss" in r]
     return {"accuracy": mean(correct), "key_accuracy": mean(keys), "value_accuracy": mean(values),
             "accuracy_any_order": mean(any_order), "exact_match": mean([all(r["correct"]) for r in records]),
-            "trials": len(records), "needles": len(correct)}
+            "answer_loss": float(np.mean(losses)) if losses else None, "trials": len(records),
+            "needles": len(correct)}
 
 
 def decoding_model(model: nn.Module, dtype: str = "auto") -> nn.Module:
@@ -356,8 +371,8 @@ def evaluate_length(model: nn.Module, task: RetrievalTask, length: int, trials: 
                     eod_id: int | None = None, decode: Callable[[Sequence[int]], str], margin: int = 2,
                     progress: bool = True) -> dict[str, Any]:
     """``trials`` examples at ``length``, each decoded greedily for len(answer) + ``margin`` tokens and scored
-    (decode in bfloat16 by passing :func:`decoding_model`'s copy). Returns :func:`summarise`'s numbers and
-    the per-trial ``records`` (output text, depths, scores)."""
+    (decode in bfloat16 by passing :func:`decoding_model`'s copy), and its :func:`answer_loss`. Returns
+    :func:`summarise`'s numbers and the per-trial ``records`` (output text, depths, scores, answer loss)."""
     records = []
     for trial in tqdm(range(trials), desc=f"{task.name}@{length}", unit="trial", disable=not progress,
                       leave=False):
@@ -370,7 +385,8 @@ def evaluate_length(model: nn.Module, task: RetrievalTask, length: int, trials: 
                         "depths": [round(n.depth, 4) for n in ex.needles],
                         "key": [s.key for s in scores], "value": [s.value for s in scores],
                         "correct": [s.correct for s in scores],
-                        "correct_any_order": [s.correct for s in any_order]})
+                        "correct_any_order": [s.correct for s in any_order],
+                        "answer_loss": round(answer_loss(model, ex), 5)})
     return {**summarise(records), "length": length, "records": records}
 
 

@@ -98,7 +98,7 @@ def write_reports(out: Path, result: dict[str, Any], depth_bins: int) -> str:
     train_lengths = {e["train_length"] for e in entries.values()}
     common = next(iter(train_lengths)) if len(train_lengths) == 1 else None
     cols = [length_label(L, common) for L in all_lengths]
-    acc_rows, part_rows = [], []
+    acc_rows, part_rows, loss_rows = [], [], []
     panels: dict[str, list[dict[str, Any]]] = {}
     for label, e in entries.items():
         for stage, st in e["stages"].items():
@@ -106,6 +106,7 @@ def write_reports(out: Path, result: dict[str, Any], depth_bins: int) -> str:
             acc_rows.append([label, stage, *[c["accuracy"] if c else None for c in cells]])
             part_rows.append([label, stage, *[f"{c['key_accuracy']:.3f} / {c['value_accuracy']:.3f}"
                                               if c else None for c in cells]])
+            loss_rows.append([label, stage, *[c.get("answer_loss") if c else None for c in cells]])
             if st["lengths"]:
                 acc, _, lengths = depth_accuracy({int(L): r for L, r in st["lengths"].items()}, depth_bins)
                 panels.setdefault(stage, []).append({"title": f"{label} ({stage})", "accuracy": acc,
@@ -118,6 +119,10 @@ def write_reports(out: Path, result: dict[str, Any], depth_bins: int) -> str:
     if task == "needle":
         text += ["\nCity / number accuracy (each counted alone):\n",
                  markdown_table(["checkpoint", "stage", *cols], part_rows)]
+    if any(v is not None for row in loss_rows for v in row[2:]):
+        text += ["\nAnswer loss (nats/token, teacher-forced: the answer's mean cross-entropy given the prompt; "
+                 "it still moves where accuracy sits at 0 or 1):\n",
+                 markdown_table(["checkpoint", "stage", *cols], loss_rows)]
     text.append(f"\nCommand: `{result['command']}`  \nDevice: {result['device']}, dtype {result['dtype']}; "
                 f"siattn {result['version']}; {result['date']}\n")
     (out / f"{task}.md").write_text("\n".join(text))
