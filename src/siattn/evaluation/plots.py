@@ -62,16 +62,17 @@ def plot_depth_heatmaps(panels: Sequence[dict[str, Any]], path: str | Path, *,
     plt = pyplot()
     n = len(panels)
     width = max(3.2, 1.1 * max(p["accuracy"].shape[1] for p in panels) + 1.6)
-    fig, axes = plt.subplots(1, n, figsize=(width * n, 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(width * n, 4.8), squeeze=False, sharey=True)
     image = None
-    for ax, p in zip(axes[0], panels):
+    for k, (ax, p) in enumerate(zip(axes[0], panels)):
         acc = np.asarray(p["accuracy"], dtype=float)
         n_bins = acc.shape[0]
         image = ax.imshow(np.ma.masked_invalid(acc), vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(acc.shape[1]), p["col_labels"])
         ax.set_yticks(range(n_bins), [f"{100 * k // n_bins}%" for k in range(n_bins)])
         ax.set_xlabel("context length")
-        ax.set_ylabel("needle depth")
+        if k == 0:  # the panels share the depth axis: one label, no overlap with the neighbour
+            ax.set_ylabel("needle depth")
         ax.set_title(p["title"], fontsize=10)
         for i in range(acc.shape[0]):
             for j in range(acc.shape[1]):
