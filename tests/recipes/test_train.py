@@ -192,3 +192,14 @@ def test_tensorboard_mirrors_the_metrics_and_a_resume_drops_the_steps_it_redoes(
         assert [s for s, _ in scalars[f"val/loss@{length}"]] == [r["step"] for r in val] == [2, 4, 6]
         assert [v for _, v in scalars[f"val/loss@{length}"]] == pytest.approx([r["loss"][length] for r in val])
     assert {"train/lr_mult", "train/tokens_per_s"} <= set(scalars)
+
+
+def test_validation_scores_a_multiple_of_every_length_not_only_the_longest():
+    from siattn.model.config import resolve_config
+    from siattn.training.trainer import eval_token_count
+
+    config = resolve_config("cpu-tiny", seq_len=32, eval_multipliers=(2, 3), eval_tokens=1100)
+    n = eval_token_count(config, val_tokens=10_000)
+    assert n == 960 and n % 64 == 0 and n % 96 == 0  # lcm(64, 96) = 192: 5 × 192 (the longest alone: 1056)
+    with pytest.raises(ValueError, match="lcm 192"):
+        eval_token_count(config, val_tokens=150)

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -125,13 +124,6 @@ def open_validation_data(data: str | None, checkpoint: Checkpoint) -> Any:
         raise ValueError(f"dataset {path!r} (from {where}) does not exist here; pass --data PATH, or prepare "
                          "it with `siattn data prepare`")
     return TokenDataset(path)
-
-
-def lcm(values: Sequence[int]) -> int:
-    out = 1
-    for v in values:
-        out = out * int(v) // math.gcd(out, int(v))
-    return out
 
 
 def read_json(path: str | Path) -> dict[str, Any] | None:

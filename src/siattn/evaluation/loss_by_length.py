@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from siattn.evaluation.common import autocast, lcm
+from siattn.evaluation.common import autocast
 
 # above this many logits (T × padded vocab per forward) the head runs over slices of the sequence
 HEAD_CHUNK_THRESHOLD = 1 << 26
@@ -127,7 +127,7 @@ class LengthLoss:
 
 def scored_tokens(n_tokens: int, lengths: Sequence[int]) -> int:
     """The largest count <= ``n_tokens`` that every length divides (each length scores exactly that many)."""
-    step = lcm(lengths)
+    step = math.lcm(*(int(n) for n in lengths))
     n = (int(n_tokens) // step) * step
     if n == 0:
         raise ValueError(f"--tokens {n_tokens} is less than one window of every length (lcm {step}); use at "

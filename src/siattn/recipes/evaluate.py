@@ -13,6 +13,7 @@ and ``loss-by-length.png``. Lengths already in ``eval.json`` for the same checkp
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +148,6 @@ def write_reports(out: Path, result: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     import siattn
-    from siattn.evaluation.common import lcm
     from siattn.evaluation.loss_by_length import loss_at_length, scored_tokens
 
     out = Path(args.out)
@@ -163,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
         requested = min(known) if known else DEFAULT_TOKENS
         sizes = [validation_size(args.data or pl.data) for pl in plan.values()]
         requested = min([requested] + [n - 1 for n in sizes if n])
-        requested = max(requested, lcm(all_lengths))
+        requested = max(requested, math.lcm(*all_lengths))
     n_tokens = scored_tokens(requested, all_lengths)
     if n_tokens != requested:
         print(f"scoring {n_tokens:,} tokens per length (a multiple of every length; asked for {requested:,})")

@@ -122,14 +122,18 @@ def eval_lengths(config: TrainConfig) -> list[int]:
 
 
 def eval_token_count(config: TrainConfig, val_tokens: int) -> int:
-    """Scored tokens per length: ``eval_tokens`` rounded down to a multiple of the longest length, within the
-    validation split. Raises when the split cannot hold one window of the longest length."""
-    longest = max(eval_lengths(config))
-    n = min(config.eval_tokens, val_tokens - 1) // longest * longest
-    if n < longest:
-        raise ValueError(f"the validation split ({val_tokens} tokens) is shorter than one window of the longest "
-                         f"evaluation length ({longest}); use smaller --eval-multipliers or more data")
-    return n
+    """Scored tokens per length: ``eval_tokens``, within the validation split, rounded down to a multiple of
+    every evaluation length (:func:`siattn.evaluation.scored_tokens`). Raises when the split cannot hold that."""
+    from siattn.evaluation.loss_by_length import scored_tokens
+
+    lengths = eval_lengths(config)
+    budget = min(config.eval_tokens, val_tokens - 1)
+    step = math.lcm(*lengths)
+    if budget < step:
+        raise ValueError(f"the validation split ({val_tokens} tokens) or eval_tokens ({config.eval_tokens}) is less "
+                         f"than one window of every evaluation length (lcm {step} of {lengths}); use smaller "
+                         "--eval-multipliers or more data")
+    return scored_tokens(budget, lengths)
 
 
 @torch.no_grad()
