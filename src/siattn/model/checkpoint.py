@@ -17,7 +17,6 @@ previous checkpoint readable. Reading checks the marker, the sizes and the hashe
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import random
@@ -30,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from siattn.data.tokenizer import sha256_file
 from siattn.model.config import GPTConfig, TrainConfig
 
 FORMAT = "siattn-checkpoint"
@@ -44,14 +44,6 @@ CHECKPOINTS = "checkpoints"
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, truncated, corrupt or of an unknown format."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -184,7 +176,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: GPTConf
     for name in files:
         with open(tmp / name, "rb+") as f:
             os.fsync(f.fileno())
-        state["files"][name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        state["files"][name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
     _write_bytes(tmp / STATE_FILE, json.dumps(state, indent=1).encode())
     _write_bytes(tmp / COMPLETE, b"ok\n")
     _fsync_dir(tmp)
@@ -261,7 +253,7 @@ def read_checkpoint_state(path: str | Path, *, verify: bool = True) -> tuple[Pat
         if size != info["bytes"]:
             raise CheckpointError(f"{file}: {size} bytes but {info['bytes']} were written: the file is "
                                   "truncated or was changed")
-        if verify and _sha256(file) != info["sha256"]:
+        if verify and sha256_file(file) != info["sha256"]:
             raise CheckpointError(f"{file}: sha256 does not match state.json: the file is corrupt")
     return folder, state
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from siattn.methods import get_method
+from siattn.precision import DTYPES
 
 PAPER_P_ROPE_BASE = 1024.0
 PAPER_TRAIN_LENGTH = 4096
@@ -146,8 +147,8 @@ class TrainConfig:
             raise ValueError("seq_len, batch_size and steps must be >= 1")
         if not 0.0 <= self.cooldown_frac <= 1.0:
             raise ValueError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
     @property
     def tokens_per_step(self) -> int:

@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from siattn.backends import backend_names
     from siattn.methods import METHODS
     from siattn.model.config import PRESETS, SCHEDULES
+    from siattn.precision import DTYPES
 
     parser.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS), help="starting configuration")
     parser.add_argument("--method", choices=sorted(METHODS), default=None,
@@ -54,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="continue from a checkpoint folder, or (no value) from the run folder's newest one")
     g.add_argument("--overwrite", action="store_true", help="start again in a run folder that holds checkpoints")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=None,
+    g.add_argument("--dtype", choices=DTYPES, default=None,
                    help="autocast dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument("--attn-backend", choices=backend_names(), default=None, help="attention backend")

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from siattn.evaluation.common import write_json
 from siattn.model.checkpoint import (
     CHECKPOINTS,
     CheckpointError,
@@ -355,7 +356,7 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
                     "eval_tokens_per_length": n_eval, "unigram_entropy_val": unigram,
                     "train_tokens": len(ds.train), "epochs": epochs, "torch": torch.__version__,
                     "python": sys.version.split()[0], "data": str(ds.path)}
-        (run_dir / "config.json").write_text(json.dumps(resolved, indent=1) + "\n")
+        write_json(run_dir / "config.json", resolved)
     log(f"{config.name}: {config.model.method}, {n_params / 1e6:.2f}M parameters, {config.steps} steps × "
         f"{config.batch_size} × {config.seq_len} tokens (micro-batch {micro}, accumulation {accum}, "
         f"{info.world_size} rank(s), {device}); {epochs:.2f} epochs of "
@@ -465,5 +466,5 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
                    "final_val": {str(k): v for k, v in final_val.items()}, "unigram_entropy_val": unigram,
                    "train_seconds": train_seconds, "tokens_seen": tokens_seen, "parameters": n_params,
                    "checkpoint": str(checkpoint) if checkpoint else None}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_json(run_dir / "summary.json", summary)
     return result
