@@ -14,19 +14,14 @@ from pathlib import Path
 
 HELP = "Train the GPT with any attention method (presets from 2 CPU cores to the paper's 162M/304M models)."
 
-# CLI flag -> config field, for the plain overrides (None = not given)
-OVERRIDES = {
-    "method": "method", "steps": "steps", "seq_len": "seq_len", "batch_size": "batch_size",
-    "micro_batch_size": "micro_batch_size", "lr_muon": "lr_muon", "lr_embed": "lr_embed", "lr_head": "lr_head",
-    "lr_scalar": "lr_scalar", "schedule": "schedule", "cooldown_frac": "cooldown_frac",
-    "warmup_steps": "warmup_steps", "data": "data", "data_source": "data_source", "tokenizer": "tokenizer",
-    "out": "out", "seed": "seed", "attn_backend": "attn_backend", "dtype": "dtype", "eval_every": "eval_every",
-    "eval_tokens": "eval_tokens", "eval_multipliers": "eval_multipliers", "log_every": "log_every",
-    "ckpt_every": "ckpt_every", "keep_checkpoints": "keep_checkpoints", "n_layer": "n_layer",
-    "n_embd": "n_embd", "n_head": "n_head", "n_kv_head": "n_kv_head", "head_dim": "head_dim", "tau": "tau",
-    "p_rope_base": "p_rope_base", "grad_clip": "grad_clip", "compile": "compile",
-    "tensorboard": "tensorboard",
-}
+# the plain overrides: CLI flags named as the config fields they set (None = not given)
+OVERRIDES = (
+    "method", "steps", "seq_len", "batch_size", "micro_batch_size", "lr_muon", "lr_embed", "lr_head", "lr_scalar",
+    "schedule", "cooldown_frac", "warmup_steps", "data", "data_source", "tokenizer", "out", "seed", "attn_backend",
+    "dtype", "eval_every", "eval_tokens", "eval_multipliers", "log_every", "ckpt_every", "keep_checkpoints",
+    "n_layer", "n_embd", "n_head", "n_kv_head", "head_dim", "tau", "p_rope_base", "grad_clip", "compile",
+    "tensorboard",
+)
 
 
 def _multipliers(text: str) -> tuple[int, ...]:
@@ -125,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items()}
+    overrides = {name: getattr(args, name) for name in OVERRIDES}
     config = resolve_config(args.preset, **overrides)
     resume = None
     if args.resume is not None:
