@@ -76,13 +76,15 @@ def stage_analyze() -> list[list[str]]:
 
 def tokens_per_second(run: Path, skip: int = 20) -> dict:
     """Median tokens/s of the logged training windows after ``skip`` steps (start-up excluded)."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from siattn.training.trainer import read_metrics
+
+    records = read_metrics(run / "metrics.jsonl")
     train = [r for r in records if r.get("kind") == "train" and r["step"] > skip]
     val = [r for r in records if r.get("kind") == "val"]
     if not train:
         return {"run": str(run), "error": "no training records after the start-up steps"}
     return {"run": str(run), "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in train),
-            "windows": len(train), "final_train_loss": train[-1]["loss"] if train else None,
+            "windows": len(train), "final_train_loss": train[-1]["loss"],
             "val": val[-1]["loss"] if val else None}
 
 
