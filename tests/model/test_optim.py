@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from siattn.model import GPT, build_optimizer, lr_multiplier, resolve_config
-from siattn.model.optim import Muon, muon_class, muon_lr_ratio, parameter_groups, zeropower_via_newtonschulz5
+from siattn.model.optim import muon_lr_ratio, parameter_groups
 
 
 @pytest.mark.parametrize("shape", [(64, 256), (256, 64), (96, 160)])
@@ -14,7 +14,7 @@ def test_muon_update_has_singular_values_near_one(shape):
     torch.manual_seed(0)
     w = torch.randn(shape)
     p = torch.nn.Parameter(w.clone())
-    opt = muon_class()([p], lr=0.02, momentum=0.95, weight_decay=0.0, adjust_lr_fn="original")
+    opt = torch.optim.Muon([p], lr=0.02, momentum=0.95, weight_decay=0.0, adjust_lr_fn="original")
     p.grad = torch.randn(shape) * 1e-3  # the scale of the gradient does not matter
     opt.step()
     update = (w - p.detach()) / (0.02 * muon_lr_ratio(shape))  # undo torch.optim.Muon's lr adjustment
@@ -28,28 +28,6 @@ def test_muon_update_has_singular_values_near_one(shape):
 def test_muon_lr_adjustment_follows_the_shape():
     assert muon_lr_ratio((3072, 768)) == 2.0 and muon_lr_ratio((768, 3072)) == 1.0
     assert muon_lr_ratio((768, 768), "match_rms_adamw") == pytest.approx(0.2 * 768**0.5)
-
-
-@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no torch.optim.Muon")
-@pytest.mark.parametrize("nesterov", [True, False])
-def test_fallback_muon_is_torch_muon(nesterov):
-    torch.manual_seed(1)
-    w = torch.randn(48, 80)
-    a, b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
-    ours = Muon([a], lr=0.03, momentum=0.9, nesterov=nesterov, weight_decay=0.01)
-    theirs = torch.optim.Muon([b], lr=0.03, momentum=0.9, nesterov=nesterov, weight_decay=0.01,
-                              adjust_lr_fn="original")
-    for _ in range(3):
-        g = torch.randn(48, 80)
-        a.grad, b.grad = g.clone(), g.clone()
-        ours.step()
-        theirs.step()
-    assert torch.equal(a, b)
-
-
-def test_newton_schulz_rejects_non_matrices():
-    with pytest.raises(ValueError, match="2-D"):
-        zeropower_via_newtonschulz5(torch.randn(2, 3, 4))
 
 
 def test_parameter_groups_follow_the_paper():

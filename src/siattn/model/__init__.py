@@ -26,7 +26,7 @@ from siattn.model.config import (
     scaled_p_rope_base,
 )
 from siattn.model.gpt import GPT, KVCache, count_parameters
-from siattn.model.optim import Muon, OptimizerSet, build_optimizer, parameter_groups, zeropower_via_newtonschulz5
+from siattn.model.optim import OptimizerSet, build_optimizer, parameter_groups
 from siattn.model.schedules import lr_multiplier
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "CheckpointError",
     "GPTConfig",
     "KVCache",
-    "Muon",
     "OptimizerSet",
     "TrainConfig",
     "build_optimizer",
@@ -52,5 +51,4 @@ __all__ = [
     "save_checkpoint",
     "save_run_checkpoint",
     "scaled_p_rope_base",
-    "zeropower_via_newtonschulz5",
 ]

@@ -9,40 +9,19 @@
 
 No weight decay anywhere (torch.optim.Muon's default of 0.1 is overridden). Muon scales each matrix's step by
 sqrt(max(1, rows/cols)) (``adjust_lr_fn="original"``, Keller Jordan's rule), so a (3072, 768) MLP matrix steps
-2× the base lr and the square attention matrices 1×. The torch.optim.Muon of torch >= 2.9 is used; :class:`Muon`
-below is the same algorithm for older torch. Every rank runs the Newton–Schulz iteration on the all-reduced
-gradients (no work split across ranks: simple, and cheap next to the model at these sizes).
+2× the base lr and the square attention matrices 1×. Muon is torch.optim.Muon (every supported torch has
+it). Every rank runs the Newton–Schulz iteration on the all-reduced gradients (no work split across ranks:
+simple, and cheap next to the model at these sizes).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
 
 from siattn.model.config import TrainConfig
-
-NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
-
-
-def zeropower_via_newtonschulz5(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
-                                coefficients: tuple[float, float, float] = NS_COEFFICIENTS) -> torch.Tensor:
-    """Approximately U·Vᵀ for g = U·S·Vᵀ: a quintic Newton–Schulz iteration in bfloat16 whose singular values land
-    in roughly [0.7, 1.2] (Keller Jordan's Muon). g: (m, n) -> (m, n) bfloat16."""
-    if g.dim() != 2:
-        raise ValueError(f"Newton–Schulz needs a 2-D matrix, got shape {tuple(g.shape)}")
-    a, b, c = coefficients
-    x = g.bfloat16()
-    tall = g.size(0) > g.size(1)
-    if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
-    for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
 
 
 def muon_lr_ratio(shape: torch.Size | tuple[int, ...], adjust_lr_fn: str | None = "original") -> float:
@@ -53,58 +32,6 @@ def muon_lr_ratio(shape: torch.Size | tuple[int, ...], adjust_lr_fn: str | None 
     if adjust_lr_fn == "match_rms_adamw":
         return 0.2 * math.sqrt(max(rows, cols))
     return 1.0
-
-
-class Muon(torch.optim.Optimizer):
-    """MomentUm Orthogonalized by Newton–Schulz, for 2-D parameters: the algorithm of torch.optim.Muon.
-
-    buf ← μ·buf + (1−μ)·g;  u = NS5((1−μ)·g + μ·buf) (Nesterov) or NS5(buf);
-    θ ← θ·(1 − lr·wd) − lr·ratio(shape)·u.
-    """
-
-    def __init__(self, params: Iterable[nn.Parameter] | Iterable[dict], lr: float = 0.02, weight_decay: float = 0.0,
-                 momentum: float = 0.95, nesterov: bool = True,
-                 ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS, eps: float = 1e-7,
-                 ns_steps: int = 5, adjust_lr_fn: str | None = "original"):
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError("lr, momentum and weight_decay must be >= 0")
-        if adjust_lr_fn not in (None, "original", "match_rms_adamw"):
-            raise ValueError(f"adjust_lr_fn must be 'original' or 'match_rms_adamw', got {adjust_lr_fn!r}")
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                        ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.dim() != 2:
-                    raise ValueError(f"Muon only takes 2-D parameters, got shape {tuple(p.shape)}")
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, mu = group["lr"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - mu)
-                update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-                update = zeropower_via_newtonschulz5(update, group["ns_steps"], group["eps"],
-                                                     tuple(group["ns_coefficients"]))
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-lr * muon_lr_ratio(p.shape, group["adjust_lr_fn"]))
-        return loss
-
-
-def muon_class() -> type[torch.optim.Optimizer]:
-    """torch.optim.Muon where this torch has it, else :class:`Muon` (the same algorithm)."""
-    return getattr(torch.optim, "Muon", Muon)
 
 
 def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
@@ -172,7 +99,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> OptimizerSet:
                                  weight_decay=config.weight_decay, **fused),
     }
     if groups["matrix"]:
-        optimizers["muon"] = muon_class()(
+        optimizers["muon"] = torch.optim.Muon(
             [{"params": [p for _, p in groups["matrix"]], "name": "matrix"}], lr=config.lr_muon,
             momentum=config.muon_momentum, nesterov=True, weight_decay=config.weight_decay,
             adjust_lr_fn=config.muon_adjust_lr)
