@@ -51,13 +51,14 @@ def checkpoint_tokenizer(folder: str | Path, extra: dict[str, Any], override: st
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from siattn.evaluation.common import resolve_device
     from siattn.model.checkpoint import load_checkpoint
 
     if (args.prompt is None) == (args.prompt_file is None):
         print("give exactly one of --prompt and --prompt-file", file=sys.stderr)
         return 2
     prompt = args.prompt if args.prompt is not None else args.prompt_file.read_text()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device or "auto")
     model, config, extra = load_checkpoint(args.checkpoint, device, attn_backend=args.attn_backend)
     tok = checkpoint_tokenizer(extra["path"], extra, args.tokenizer)
     ids = [tok.eod_id, *tok.encode(prompt)]  # documents start with the end-of-document token in training
