@@ -5,7 +5,7 @@
 Stages (each logs to stdout and writes under $OUT, default ./bench_out):
   precompile  compile every kernel variant used below in parallel processes (Triton's disk cache), and warm
               inductor's cache for FlexAttention at the benchmark shapes, while the tests run
-  tests       pytest tests/backends/test_triton.py on the GPU (xdist workers)
+  tests       pytest tests/backends/test_triton.py and test_backends.py on the GPU (xdist workers)
   accuracy    relative error of forward and gradients against the float32 reference at benchmark-like shapes
   variants    forward / backward tile configurations, lazy vs eager rescaling, polynomial tiles on/off,
               plain and ALiBi kernels, decoding configurations -> variants.json
@@ -120,7 +120,8 @@ def start_precompile(flex: bool):
 
 # ------------------------------------------------------------------------------------------------ stages
 def stage_tests():
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "6", "tests/backends/test_triton.py"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "6", "tests/backends/test_triton.py",
+           "tests/backends/test_backends.py"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     text = proc.stdout + proc.stderr
     (OUT / "pytest.txt").write_text(text)

@@ -41,6 +41,8 @@ def make_score_mod(transform: LogitTransform, q_offset: int, num_heads: int, dev
     """
     if transform.kind == "none":
         return None
+    if not 0 <= q_offset < 2**31:
+        raise ValueError(f"q_offset must be in [0, 2**31) for the flex backend, got {q_offset}")
     score_mod, offset, current = _score_mod(transform, num_heads, str(device))
     if current[0] != q_offset:  # write only on change: autograd saves the tensor, and training keeps q_offset = 0
         offset.fill_(q_offset)
@@ -50,7 +52,7 @@ def make_score_mod(transform: LogitTransform, q_offset: int, num_heads: int, dev
 
 @functools.lru_cache(maxsize=64)
 def _score_mod(transform: LogitTransform, num_heads: int, device: str):
-    offset = torch.zeros((), device=device, dtype=torch.int64)
+    offset = torch.zeros((), device=device, dtype=torch.int32)  # the dtype of q_idx and kv_idx
     current = [0]  # the value in ``offset``, kept on the host so that reading it never syncs the device
     if transform.kind == "alibi":
         slopes = alibi_slopes(num_heads).to(device=device, dtype=torch.float32)
@@ -63,9 +65,11 @@ def _score_mod(transform: LogitTransform, num_heads: int, device: str):
     tau, alpha, beta = transform.parameters
     shift = beta / alpha - math.log(alpha)
 
+    inv_tau = 1.0 / tau  # a multiply per score instead of a division
+
     def scale_invariant(score, b, h, q_idx, kv_idx):
         t = (q_idx + offset - kv_idx).abs().to(torch.float32)
-        a_sq = 2.0 * (torch.log1p(t / tau) + shift)
+        a_sq = 2.0 * (torch.log1p(t * inv_tau) + shift)
         return score * torch.sqrt(a_sq) + (beta / alpha - a_sq)
 
     return scale_invariant, offset, current

@@ -135,20 +135,15 @@ DKDV_CANDIDATES = (
     BwdConfig(dkdv_m=16, dkdv_n=128, dkdv_warps=8, dkdv_stages=4),
     BwdConfig(dkdv_m=64, dkdv_n=128, dkdv_warps=8, dkdv_stages=2),
     BwdConfig(dkdv_m=32, dkdv_n=64, dkdv_warps=4, dkdv_stages=2),
-    # fewer polynomial loops: less register spilling (offline sm_90 compile, benchmarks/KERNEL-NOTES.md)
-    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=1),
-    BwdConfig(dkdv_m=32, dkdv_n=64, dkdv_warps=8, dkdv_stages=3, dkdv_poly=1),
+    # the exact transform on every tile: fewer loops and spilled registers; the fastest at 4k on the H200
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=0),
 )
-FUSED_CANDIDATES = (  # dQ by atomic adds in the dK/dV kernel (offline compile: 370-900 B spilled, 32-row tiles)
-    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=1, fused_dq=1),
+# dQ by atomic adds in the dK/dV kernel: on the H200 never faster than the split pair (benchmarks/KERNEL-NOTES.md,
+# session 4), kept as candidates for GPUs where atomics are cheaper relative to recomputing the logits
+FUSED_CANDIDATES = (
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=3, fused_dq=1),
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=0, fused_dq=1),
-    BwdConfig(dkdv_m=32, dkdv_n=64, dkdv_warps=8, dkdv_stages=3, dkdv_poly=1, fused_dq=1),
-    BwdConfig(dkdv_m=16, dkdv_n=128, dkdv_warps=8, dkdv_stages=4, dkdv_poly=1, fused_dq=1),
-    BwdConfig(dkdv_m=32, dkdv_n=64, dkdv_warps=8, dkdv_stages=3, dkdv_poly=1, fused_dq=2),
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=1, fused_dq=2),
-    BwdConfig(dkdv_m=64, dkdv_n=128, dkdv_warps=8, dkdv_stages=2, dkdv_poly=1, fused_dq=2),
 )
 DQ_CANDIDATES = (
     BwdConfig(dq_m=128, dq_n=64, dq_warps=8, dq_stages=3),
