@@ -28,6 +28,11 @@ FLOATS = {"qk_scale", "inv_tau", "A2", "K2", "NEG_GAMMA", "DS_SCALE"}
 MODES = {"none": 0, "si": 1, "alibi": 2}
 
 
+def is_stride(name: str) -> bool:
+    """Stride arguments of the kernels: s + tensor letters + b/h/m/n (sqb, skn, sdom, sdqh, ...)."""
+    return re.fullmatch(r"s(q|k|v|o|do|dk|dq)[bhmn]", name) is not None
+
+
 def ptxas_report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> dict:
     """Compile ``kernel`` (a @triton.jit function) for sm_90a; return ptxas's resource report."""
     import triton
@@ -46,8 +51,12 @@ def ptxas_report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> d
             return "*fp32"
         return "fp32" if name in FLOATS else "i32"
 
+    # as at run time on contiguous tensors: pointers 16-byte aligned and strides multiples of 16 elements (Triton
+    # specialises such arguments with tt.divisibility = 16; without it every load compiles to scalar accesses)
+    aligned = [p for p in params if p not in constexprs and (p in POINTERS or p in FLOAT_POINTERS or is_stride(p))]
     source = ASTSource(fn=kernel, signature={p: arg_type(p) for p in params},
-                       constexprs={(params.index(k),): v for k, v in constexprs.items()})
+                       constexprs={(params.index(k),): v for k, v in constexprs.items()},
+                       attrs={(params.index(p),): [["tt.divisibility", 16]] for p in aligned})
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 64),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,14 +86,16 @@ def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, obj
         common = dict(HEAD_DIM=128, MODE=MODES[mode], CAUSAL=True, USE_ASM=True)
         if "fwd" in kernels:
             for c in tb.FWD_CANDIDATES:
-                const = dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, LAZY=c.lazy, BOUND=c.bound and mode == "si")
+                const = dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, LAZY=c.lazy, BOUND=c.bound and mode == "si",
+                             PIPE=c.pipe)
                 tiling = (f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages}" + " lazy" * c.lazy
-                          + " bound" * (c.bound and mode == "si"))
+                          + " bound" * (c.bound and mode == "si") + " pipe" * c.pipe)
                 out.append(("fwd", mode, tiling, tk.fwd_kernel, const, c.num_warps, c.num_stages))
         if "dkdv" in kernels:
             for c in tb.DKDV_CANDIDATES:
-                const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly)
-                tiling = f"{c.dkdv_m}x{c.dkdv_n} w{c.dkdv_warps} s{c.dkdv_stages} poly{c.dkdv_poly}"
+                const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly, PIPE=c.dkdv_pipe)
+                tiling = (f"{c.dkdv_m}x{c.dkdv_n} w{c.dkdv_warps} s{c.dkdv_stages} poly{c.dkdv_poly}"
+                          + " pipe" * c.dkdv_pipe)
                 out.append(("dkdv", mode, tiling, tk.bwd_dkdv_kernel, const, c.dkdv_warps, c.dkdv_stages))
         if "fused" in kernels:
             for c in tb.FUSED_CANDIDATES:
@@ -93,8 +104,8 @@ def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, obj
                 out.append(("fused", mode, tiling, tk.bwd_dkdv_kernel, const, c.dkdv_warps, c.dkdv_stages))
         if "dq" in kernels:
             for c in tb.DQ_CANDIDATES:
-                const = dict(common, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n)
-                tiling = f"{c.dq_m}x{c.dq_n} w{c.dq_warps} s{c.dq_stages}"
+                const = dict(common, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n, PIPE=c.dq_pipe)
+                tiling = f"{c.dq_m}x{c.dq_n} w{c.dq_warps} s{c.dq_stages}" + " pipe" * c.dq_pipe
                 out.append(("dq", mode, tiling, tk.bwd_dq_kernel, const, c.dq_warps, c.dq_stages))
     return out
 

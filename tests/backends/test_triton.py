@@ -77,14 +77,14 @@ def _inputs(b, h, hkv, tq, tk, d, dtype, grad=True):
     return make(b, h, tq, d), make(b, hkv, tk, d), make(b, hkv, tk, d)
 
 
-def _check(case, transform, causal=True, dtype=None, backward=True, bwd_config=None):
+def _check(case, transform, causal=True, dtype=None, backward=True, bwd_config=None, fwd_config=None):
     b, h, hkv, tq, tk, off, d = case
     dtype = dtype or DTYPES[0]
     q, k, v = _inputs(b, h, hkv, tq, tk, d, dtype, grad=backward)
     kw = dict(transform=transform, q_offset=off, causal=causal, scale=d**-0.5)
     qf, kf, vf = (x.detach().float().requires_grad_(backward) for x in (q, k, v))
     ref = reference_attention(qf, kf, vf, **kw)
-    out = tb.flash_attention(q, k, v, bwd_config=bwd_config, **kw)
+    out = tb.flash_attention(q, k, v, bwd_config=bwd_config, fwd_config=fwd_config, **kw)
     assert out.dtype == dtype and out.shape == ref.shape
     assert _rel(out, ref) < FWD_TOL, f"forward error {_rel(out, ref):.2e}"
     if backward:
@@ -149,6 +149,43 @@ def test_fused_dq_far_tiles_and_non_causal(dkdv_poly):
     fused = dataclasses.replace(base, dkdv_poly=dkdv_poly, fused_dq=1)
     _check((1, 2, 1, 16, tk, tk - 16, 64), SI, bwd_config=fused)
     _check(CPU_CASES[1], SI, causal=False, bwd_config=fused)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
+@pytest.mark.parametrize("case", CPU_CASES, ids=_cid)
+def test_pipelined_forward_matches_reference(case, transform):
+    """The next key tile's q·kᵀ issued before this tile's softmax, carried across the far/near/masked loops."""
+    base = tb.INTERPRETER_FWD if not CUDA else tb.DEFAULT_FWD
+    _check(case, transform, backward=False, fwd_config=dataclasses.replace(base, pipe=True))
+    _check(case, transform, causal=False, backward=False, fwd_config=dataclasses.replace(base, pipe=True))
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
+@pytest.mark.parametrize("case", CPU_CASES, ids=_cid)
+def test_pipelined_backward_matches_reference(case, transform):
+    """dK/dV and dQ kernels issuing the next tile's product early (carried across their loops and heads)."""
+    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
+    _check(case, transform, bwd_config=dataclasses.replace(base, dkdv_pipe=True, dq_pipe=True))
+    _check(case, transform, causal=False, bwd_config=dataclasses.replace(base, dkdv_pipe=True, dq_pipe=True,
+                                                                         fused_dq=1))
+
+
+@pytest.mark.parametrize("dkdv_poly", [3, 1, 0])
+def test_pipelined_backward_far_tiles(dkdv_poly):
+    window = tb.INTERPRETER_FWD.block_n if not CUDA else tb.DEFAULT_FWD.block_n
+    tk = tb.poly_thresholds(*SI.parameters, window)[0] + 6 * window + 5
+    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
+    _check((1, 2, 1, 16, tk, tk - 16, 64), SI,
+           bwd_config=dataclasses.replace(base, dkdv_poly=dkdv_poly, dkdv_pipe=True, dq_pipe=True))
+
+
+def test_pipelined_forward_far_tiles():
+    window = tb.INTERPRETER_FWD.block_n if not CUDA else tb.DEFAULT_FWD.block_n
+    tk = tb.poly_thresholds(*SI.parameters, window)[0] + 6 * window + 5
+    base = tb.INTERPRETER_FWD if not CUDA else tb.DEFAULT_FWD
+    for bound in (True, False):
+        _check((1, 2, 1, 16, tk, tk - 16, 64), SI, backward=False,
+               fwd_config=dataclasses.replace(base, pipe=True, bound=bound))
 
 
 def test_backward_plan_takes_the_faster_of_split_and_fused(monkeypatch):
@@ -269,6 +306,14 @@ def test_gpu_non_causal_and_fp16(transform):
 def test_gpu_long_prefix_every_polynomial_order(d):
     """Queries at the end of an 8k prefix: far tiles use the order-1/2/3 polynomials in all three kernels."""
     _check((1, 2, 1, 300, 8500, 8200, d), SI, dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", tb.FWD_CANDIDATES, ids=repr)
+def test_gpu_every_forward_tuning_candidate(cfg):
+    for transform in (SI, LogitTransform("none"), LogitTransform("alibi")):
+        _check((1, 4, 2, 200, 6000, 5800, 128), transform, dtype=torch.bfloat16, backward=False, fwd_config=cfg)
+        _check((2, 4, 4, 333, 333, 0, 64), transform, dtype=torch.bfloat16, backward=False, fwd_config=cfg)
 
 
 @pytest.mark.gpu
