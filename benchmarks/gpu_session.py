@@ -63,6 +63,25 @@ def stage_paper162m(steps: int) -> list[list[str]]:
              "--resume", f"runs/paper-162m-1gpu/checkpoints/step_{half:06d}"]]
 
 
+def _paper162m_args(steps: int, every: int) -> list[str]:
+    return ["train", "--preset", "paper-162m", "--method", "si-p-rope", "--data", GPU_SMALL_DATA, "--data-source",
+            "python-all", "--tokenizer", "bytes", "--eval-multipliers", "1,4,16", "--eval-tokens", str(1 << 16),
+            "--log-every", "2", "--steps", str(steps), "--eval-every", str(every), "--ckpt-every", str(every),
+            "--no-progress"]
+
+
+def stage_multigpu(steps: int, gpus: int) -> list[list[str]]:
+    """One GPU, then ``gpus`` GPUs with torchrun (same global batch), then the multi-GPU run's half-way
+    checkpoint resumed on one GPU. ``SIATTN_ONE_GPU`` marks the commands that must see a single device."""
+    half = steps // 2
+    one = ["env", "CUDA_VISIBLE_DEVICES=0", *SIATTN]
+    multi = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus), "-m", "siattn"]
+    return [[*one, *_paper162m_args(half, half), "--out", "runs/paper-162m-1gpu", "--overwrite"],
+            [*multi, *_paper162m_args(steps, half), "--out", f"runs/paper-162m-{gpus}gpu", "--overwrite"],
+            [*one, *_paper162m_args(steps, half), "--out", f"runs/paper-162m-{gpus}gpu-resumed-1gpu",
+             "--resume", f"runs/paper-162m-{gpus}gpu/checkpoints/step_{half:06d}"]]
+
+
 def stage_reproduce() -> list[list[str]]:
     return [[*SIATTN, "reproduce", "--preset", "cpu-tiny", "--methods", *REPRODUCE_METHODS,
              "--runs", "runs/reproduce-cpu-tiny", "--out", "results/reproduce-cpu-tiny", "--no-progress"]]
@@ -98,7 +117,9 @@ def pack() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("stages", nargs="+", choices=["env", "tests", "train-gpu", "train-flex", "paper162m",
-                                                      "reproduce", "analyze"])
+                                                      "multigpu", "reproduce", "analyze"])
+    parser.add_argument("--multi-steps", type=int, default=30, help="steps of the multi-GPU run")
+    parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--paper-steps", type=int, default=20)
     parser.add_argument("--limit", type=int, default=560, help="seconds for all stages together")
@@ -110,7 +131,8 @@ def main() -> int:
         commands = {"env": stage_env, "tests": stage_tests, "reproduce": stage_reproduce, "analyze": stage_analyze,
                     "train-gpu": lambda: stage_train_gpu(args.train_steps),
                     "train-flex": lambda: stage_train_flex(args.train_steps),
-                    "paper162m": lambda: stage_paper162m(args.paper_steps)}[stage]()
+                    "paper162m": lambda: stage_paper162m(args.paper_steps),
+                    "multigpu": lambda: stage_multigpu(args.multi_steps, args.gpus)}[stage]()
         t0 = time.time()
         with open(OUT / f"log-{stage}.txt", "a") as log:
             for cmd in commands:
@@ -126,6 +148,11 @@ def main() -> int:
                     code = "timeout"
                 print(f"[{stage}] {' '.join(cmd[:6])} ... -> {code} ({time.time() - t0:.0f} s)", flush=True)
         summary[stage] = round(time.time() - t0, 1)
+        if stage == "multigpu":
+            runs = sorted(Path("runs").glob("paper-162m-*"))
+            speed = {r.name: tokens_per_second(r, skip=4) for r in runs if (r / "metrics.jsonl").exists()}
+            (Path("results") / "multigpu.json").write_text(json.dumps(speed, indent=1) + "\n")
+            print(json.dumps(speed, indent=1), flush=True)
         if stage.startswith("train-"):
             runs = sorted(Path("runs").glob("gpu-small-*"))
             speed = {r.name: tokens_per_second(r) for r in runs if (r / "metrics.jsonl").exists()}

@@ -71,10 +71,30 @@ def test_resume_from_state_dict_continues_with_identical_batches():
     assert resumed.epoch == 1
 
 
-def test_resume_with_a_different_layout_is_refused():
+def test_resume_with_other_windows_or_a_position_between_steps_is_refused():
     state = SequenceLoader(tokens(), 16, 8).state_dict()
-    with pytest.raises(ValueError, match="batch_size"):
-        SequenceLoader(tokens(), 16, 4).load_state_dict(state)
+    with pytest.raises(ValueError, match="seq_len"):
+        SequenceLoader(tokens(), 32, 8).load_state_dict(state)
+    loader = SequenceLoader(tokens(), 16, 4)
+    take(loader, 3)  # 12 windows: not a whole number of steps of 8
+    with pytest.raises(ValueError, match="not a whole number"):
+        SequenceLoader(tokens(), 16, 8).load_state_dict(loader.state_dict())
+
+
+def test_a_two_rank_position_resumes_in_one_process_on_the_same_windows():
+    """Saved by 2 ranks of micro-batch 4 after 6 steps (48 windows); one process of micro-batch 8 goes on with
+    exactly the windows the two ranks would have read next, rank 0's then rank 1's."""
+    ranks = [SequenceLoader(tokens(), 16, 4, seed=5, rank=r, world_size=2) for r in range(2)]
+    for loader in ranks:
+        take(loader, 6)
+    ahead = [take(loader, 4) for loader in ranks]
+    saved = SequenceLoader(tokens(), 16, 4, seed=5, rank=0, world_size=2)
+    take(saved, 6)
+    one = SequenceLoader(tokens(), 16, 8, seed=5)
+    one.load_state_dict(saved.state_dict())
+    assert one.step == 6
+    for step, (x, _) in enumerate(take(one, 4)):
+        assert torch.equal(x, torch.cat([ahead[0][step][0], ahead[1][step][0]]))
 
 
 def test_too_few_tokens_for_one_global_batch_is_a_clear_error():

@@ -148,7 +148,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(dataset, tmp_path):
 
 
 def test_torchrun_on_two_cpu_ranks_matches_one_process(dataset, tmp_path):
-    common = ["--data", str(dataset), "--steps", "3", "--log-every", "1", "--eval-every", "3"]
+    common = ["--data", str(dataset), "--steps", "3", "--log-every", "1", "--eval-every", "3", "--ckpt-every", "2"]
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(train_cli(*common, "--out", str(one)), env=ENV, check=True, capture_output=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "siattn",
@@ -165,6 +165,12 @@ def test_torchrun_on_two_cpu_ranks_matches_one_process(dataset, tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
     for a, b in zip(records(one, "val"), records(two, "val"), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+    # the two-rank run's step-2 checkpoint resumes in one process and trains step 3 as the one-process run did
+    three = tmp_path / "three"
+    assert main(["train", *TINY, *common, "--out", str(three), "--resume",
+                 str(two / "checkpoints" / "step_000002")]) == 0
+    assert records(three, "train")[-1]["step"] == 3
+    assert records(three, "train")[-1]["loss"] == pytest.approx(records(one, "train")[-1]["loss"], rel=1e-3)
 
 
 def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:

@@ -86,12 +86,24 @@ class SequenceLoader:
                 "batch_size": self.batch_size, "world_size": self.world_size, "n_windows": self.n_windows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state``; seed, seq_len, batch size, world size and window count must match."""
-        for key in ("seed", "seq_len", "batch_size", "world_size", "n_windows"):
+        """Continue from ``state``; seed, seq_len and window count must match.
+
+        The batch size and world size may differ (a run saved on 2 GPUs resumed on 1): the position is the
+        number of windows the epoch has consumed, which must then be a whole number of this loader's steps.
+        With the same per-step total (micro-batch × ranks × accumulation) every global step then trains on the
+        same windows as before; only where the epoch ends (its last partial batch is dropped) can differ."""
+        for key in ("seed", "seq_len", "n_windows"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"cannot resume: saved {key}={state[key]} but this loader has "
                                  f"{key}={getattr(self, key)}")
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        per_step = int(state.get("batch_size", self.batch_size)) * int(state.get("world_size", self.world_size))
+        consumed = int(state["step"]) * per_step
+        here = self.batch_size * self.world_size
+        if consumed % here:
+            raise ValueError(f"cannot resume: {consumed} windows of the epoch were consumed ({state['step']} steps of "
+                             f"{per_step}), not a whole number of this loader's steps of {here} windows "
+                             f"(batch_size {self.batch_size} × world_size {self.world_size})")
+        self.epoch, self.step = int(state["epoch"]), consumed // here
 
 
 def validation_windows(tokens: TokenArray | np.ndarray | Sequence[int], seq_len: int, n_tokens: int, *,
