@@ -107,6 +107,22 @@ def tokens_per_second(run: Path, skip: int = 20) -> dict:
             "val": val[-1]["loss"] if val else None}
 
 
+def plot_train_curves(runs: list[Path], out: Path, title: str) -> Path:
+    """Training loss against step for several runs (their metrics.jsonl), one figure."""
+    from siattn.plotting import pyplot, save_figure
+    from siattn.training.trainer import read_metrics
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for run in runs:
+        train = [r for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "train"]
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], marker="o", ms=3, label=run.name)
+    ax.set(xlabel="step", ylabel="training loss (nats/token)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, out)
+
+
 def pack() -> None:
     with tarfile.open(OUT / "results.tgz", "w:gz") as tar:
         for path in ["results", "runs"]:
@@ -152,6 +168,8 @@ def main() -> int:
             runs = sorted(Path("runs").glob("paper-162m-*"))
             speed = {r.name: tokens_per_second(r, skip=4) for r in runs if (r / "metrics.jsonl").exists()}
             (Path("results") / "multigpu.json").write_text(json.dumps(speed, indent=1) + "\n")
+            plot_train_curves(runs, Path("results") / "multigpu" / "paper-162m-curves.png",
+                              f"paper-162m, si-p-rope: 1 GPU, {args.gpus} GPUs, resumed on 1 GPU")
             print(json.dumps(speed, indent=1), flush=True)
         if stage.startswith("train-"):
             runs = sorted(Path("runs").glob("gpu-small-*"))

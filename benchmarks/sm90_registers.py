@@ -86,16 +86,14 @@ def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, obj
         common = dict(HEAD_DIM=128, MODE=MODES[mode], CAUSAL=True, USE_ASM=True)
         if "fwd" in kernels:
             for c in tb.FWD_CANDIDATES:
-                const = dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, LAZY=c.lazy, BOUND=c.bound and mode == "si",
-                             PIPE=c.pipe)
+                const = dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, LAZY=c.lazy, BOUND=c.bound and mode == "si")
                 tiling = (f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages}" + " lazy" * c.lazy
-                          + " bound" * (c.bound and mode == "si") + " pipe" * c.pipe)
+                          + " bound" * (c.bound and mode == "si"))
                 out.append(("fwd", mode, tiling, tk.fwd_kernel, const, c.num_warps, c.num_stages))
         if "dkdv" in kernels:
             for c in tb.DKDV_CANDIDATES:
-                const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly, PIPE=c.dkdv_pipe)
-                tiling = (f"{c.dkdv_m}x{c.dkdv_n} w{c.dkdv_warps} s{c.dkdv_stages} poly{c.dkdv_poly}"
-                          + " pipe" * c.dkdv_pipe)
+                const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly)
+                tiling = f"{c.dkdv_m}x{c.dkdv_n} w{c.dkdv_warps} s{c.dkdv_stages} poly{c.dkdv_poly}"
                 out.append(("dkdv", mode, tiling, tk.bwd_dkdv_kernel, const, c.dkdv_warps, c.dkdv_stages))
         if "fused" in kernels:
             for c in tb.FUSED_CANDIDATES:
@@ -104,8 +102,8 @@ def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, obj
                 out.append(("fused", mode, tiling, tk.bwd_dkdv_kernel, const, c.dkdv_warps, c.dkdv_stages))
         if "dq" in kernels:
             for c in tb.DQ_CANDIDATES:
-                const = dict(common, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n, PIPE=c.dq_pipe)
-                tiling = f"{c.dq_m}x{c.dq_n} w{c.dq_warps} s{c.dq_stages}" + " pipe" * c.dq_pipe
+                const = dict(common, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n)
+                tiling = f"{c.dq_m}x{c.dq_n} w{c.dq_warps} s{c.dq_stages}"
                 out.append(("dq", mode, tiling, tk.bwd_dq_kernel, const, c.dq_warps, c.dq_stages))
     return out
 

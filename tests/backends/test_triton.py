@@ -151,43 +151,6 @@ def test_fused_dq_far_tiles_and_non_causal(dkdv_poly):
     _check(CPU_CASES[1], SI, causal=False, bwd_config=fused)
 
 
-@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
-@pytest.mark.parametrize("case", CPU_CASES, ids=_cid)
-def test_pipelined_forward_matches_reference(case, transform):
-    """The next key tile's q·kᵀ issued before this tile's softmax, carried across the far/near/masked loops."""
-    base = tb.INTERPRETER_FWD if not CUDA else tb.DEFAULT_FWD
-    _check(case, transform, backward=False, fwd_config=dataclasses.replace(base, pipe=True))
-    _check(case, transform, causal=False, backward=False, fwd_config=dataclasses.replace(base, pipe=True))
-
-
-@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
-@pytest.mark.parametrize("case", CPU_CASES, ids=_cid)
-def test_pipelined_backward_matches_reference(case, transform):
-    """dK/dV and dQ kernels issuing the next tile's product early (carried across their loops and heads)."""
-    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
-    _check(case, transform, bwd_config=dataclasses.replace(base, dkdv_pipe=True, dq_pipe=True))
-    _check(case, transform, causal=False, bwd_config=dataclasses.replace(base, dkdv_pipe=True, dq_pipe=True,
-                                                                         fused_dq=1))
-
-
-@pytest.mark.parametrize("dkdv_poly", [3, 1, 0])
-def test_pipelined_backward_far_tiles(dkdv_poly):
-    window = tb.INTERPRETER_FWD.block_n if not CUDA else tb.DEFAULT_FWD.block_n
-    tk = tb.poly_thresholds(*SI.parameters, window)[0] + 6 * window + 5
-    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
-    _check((1, 2, 1, 16, tk, tk - 16, 64), SI,
-           bwd_config=dataclasses.replace(base, dkdv_poly=dkdv_poly, dkdv_pipe=True, dq_pipe=True))
-
-
-def test_pipelined_forward_far_tiles():
-    window = tb.INTERPRETER_FWD.block_n if not CUDA else tb.DEFAULT_FWD.block_n
-    tk = tb.poly_thresholds(*SI.parameters, window)[0] + 6 * window + 5
-    base = tb.INTERPRETER_FWD if not CUDA else tb.DEFAULT_FWD
-    for bound in (True, False):
-        _check((1, 2, 1, 16, tk, tk - 16, 64), SI, backward=False,
-               fwd_config=dataclasses.replace(base, pipe=True, bound=bound))
-
-
 def test_backward_plan_takes_the_faster_of_split_and_fused(monkeypatch):
     """While autotuning, the plan is the best fused kernel when it beats the best dK/dV + dQ pair, else the pair."""
     key = ("plan-test",)

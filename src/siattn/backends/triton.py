@@ -67,8 +67,7 @@ class FwdConfig:
     """Forward tiling: BLOCK_M queries × BLOCK_N keys per step. ``lazy``: rescale the accumulator only when a
     row maximum grows by more than 2^8 (a block-wide reduction per tile; slower on the H200). ``bound``: on
     polynomial tiles take the running maximum from an upper bound of the logits (max q·k and the row's range
-    of a_t) instead of materialising them (one operation less per score). ``pipe``: issue the next key tile's
-    q·kᵀ before this tile's softmax, so that the tensor cores and the softmax overlap."""
+    of a_t) instead of materialising them (one operation less per score)."""
 
     block_m: int = 128
     block_n: int = 64
@@ -76,7 +75,6 @@ class FwdConfig:
     num_stages: int = 3
     lazy: bool = False
     bound: bool = True
-    pipe: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,9 +84,7 @@ class BwdConfig:
     (3: orders 3/2/1 by distance, 1: order 3 only, one loop and fewer spilled registers, 0: exact everywhere).
     ``fused_dq``: 0 runs a separate dQ kernel; 1 and 2 have none: the dK/dV kernel adds each tile's dQ share
     into a float32 buffer with atomic adds (the logits are computed once instead of twice; dQ is then not bitwise
-    reproducible run to run), as a queries × dims product (1) or its transpose (2, a 64-row wgmma).
-    ``dkdv_pipe``, ``dq_pipe``: issue the next tile's first product (and this tile's second) before this tile's
-    elementwise work, as ``FwdConfig.pipe`` does."""
+    reproducible run to run), as a queries × dims product (1) or its transpose (2, a 64-row wgmma)."""
 
     dkdv_m: int = 32
     dkdv_n: int = 128
@@ -100,8 +96,6 @@ class BwdConfig:
     dq_stages: int = 3
     dkdv_poly: int = 3
     fused_dq: int = 0
-    dkdv_pipe: bool = False
-    dq_pipe: bool = False
 
     def __post_init__(self) -> None:
         if self.dkdv_poly not in (0, 1, 3):
@@ -128,9 +122,6 @@ INTERPRETER_DECODE = DecodeConfig(16, 1, 1, 1)
 # candidates tried by the optional autotuner (``set_autotune(True)``; the benchmark turns it on); the dK/dV and
 # dQ kernels are tuned separately (only the dkdv_* or dq_* fields of a candidate matter)
 FWD_CANDIDATES = (
-    FwdConfig(128, 64, 8, 3, False, True, pipe=True),
-    FwdConfig(128, 64, 8, 2, False, True, pipe=True),
-    FwdConfig(128, 64, 8, 3, False, False, pipe=True),
     FwdConfig(128, 64, 8, 3, False, True),
     FwdConfig(128, 64, 8, 3, False, False),
     FwdConfig(128, 64, 8, 4, False, True),
@@ -139,10 +130,6 @@ FWD_CANDIDATES = (
     FwdConfig(128, 64, 8, 3, True, False),
 )
 DKDV_CANDIDATES = (
-    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_pipe=True),
-    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=2, dkdv_pipe=True),
-    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=0, dkdv_pipe=True),
-    BwdConfig(dkdv_m=32, dkdv_n=64, dkdv_warps=4, dkdv_stages=2, dkdv_pipe=True),
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3),
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=2),
     BwdConfig(dkdv_m=16, dkdv_n=128, dkdv_warps=8, dkdv_stages=4),
@@ -159,9 +146,6 @@ FUSED_CANDIDATES = (
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=1, fused_dq=2),
 )
 DQ_CANDIDATES = (
-    # (128 × 64 with 3 stages and pipe needs 228 KB of shared memory: over the H200's 227 KB with triton 3.6)
-    BwdConfig(dq_m=128, dq_n=64, dq_warps=8, dq_stages=2, dq_pipe=True),
-    BwdConfig(dq_m=128, dq_n=32, dq_warps=8, dq_stages=3, dq_pipe=True),
     BwdConfig(dq_m=128, dq_n=64, dq_warps=8, dq_stages=3),
     BwdConfig(dq_m=128, dq_n=64, dq_warps=8, dq_stages=2),
     BwdConfig(dq_m=128, dq_n=32, dq_warps=8, dq_stages=3),
@@ -324,7 +308,7 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
             heads, heads // hkv, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], t1, t2, t3,
             HEAD_DIM=dim, BLOCK_M=c.block_m, BLOCK_N=c.block_n, MODE=_MODES[transform.kind], CAUSAL=causal,
-            LAZY=c.lazy, BOUND=c.bound and transform.kind == "scale-invariant", USE_ASM=_use_asm(), PIPE=c.pipe,
+            LAZY=c.lazy, BOUND=c.bound and transform.kind == "scale-invariant", USE_ASM=_use_asm(),
             num_warps=c.num_warps, num_stages=c.num_stages,
         )
 
@@ -364,7 +348,7 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
             hkv, groups, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], ds_scale,
             *th, HEAD_DIM=dim, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, MODE=mode, CAUSAL=causal,
-            USE_ASM=_use_asm(), POLY=c.dkdv_poly, FUSE_DQ=int(c.fused_dq), PIPE=c.dkdv_pipe, num_warps=c.dkdv_warps,
+            USE_ASM=_use_asm(), POLY=c.dkdv_poly, FUSE_DQ=int(c.fused_dq), num_warps=c.dkdv_warps,
             num_stages=c.dkdv_stages,
         )
         if c.fused_dq:  # dq = DS_SCALE·buffer, cast (dq is contiguous like the buffer)
@@ -381,7 +365,7 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
             heads, groups, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], ds_scale,
             *th, HEAD_DIM=dim, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n, MODE=mode, CAUSAL=causal,
-            USE_ASM=_use_asm(), PIPE=c.dq_pipe, num_warps=c.dq_warps, num_stages=c.dq_stages,
+            USE_ASM=_use_asm(), num_warps=c.dq_warps, num_stages=c.dq_stages,
         )
 
     if cfg is None:

@@ -124,43 +124,24 @@ def _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv
 
 # --------------------------------------------------------------------------------------------------- forward
 @triton.jit
-def _tile_scores(q, k_base, skn, offs_n, offs_d, j, n_end, Tk, BLOCK_N: tl.constexpr):
-    """q·kᵀ for key tile j (zeros when j >= n_end): the next tile's product, issued before this tile's softmax."""
-    offs_k = j * BLOCK_N + offs_n
-    kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None],
-                 mask=offs_k[None, :] < tl.minimum(Tk, n_end * BLOCK_N), other=0.0)
-    return tl.dot(q, kt)
-
-
-@triton.jit
-def _fwd_tiles(acc, l_i, m_i, qk_next, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi, n_end,
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi,
                q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
-               CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
-               PIPE: tl.constexpr):
-    """Key tiles lo .. hi−1 of one query tile. PIPE: ``qk_next`` holds tile lo's q·kᵀ on entry and tile hi's on
-    return; each step issues the next tile's product before this tile's softmax, so the tensor cores work on
-    it while the softmax runs (FlashAttention-3's intra-warpgroup overlap)."""
+               CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr):
     tcol = offs_n.to(tl.float32)
     for i in range(lo, hi):
         n0 = i * BLOCK_N
         offs_k = n0 + offs_n
-        if MODE == 1 and ORDER > 0 and BOUND:
-            # read before the next tile's product is issued: the barrier that guards these (pipelined) loads
-            # would otherwise stop the compiler from moving this tile's softmax under that product
-            c0, c1, c2, c3 = _coefs(COEF, coef_len, q_offset + offs_m - n0 - (BLOCK_N - 1), ORDER)
-        if PIPE:
-            qk = qk_next
-            qk_next = _tile_scores(q, k_base, skn, offs_n, offs_d, i + 1, n_end, Tk, BLOCK_N)
-        elif MASKED:
+        if MASKED:
             kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None], mask=offs_k[None, :] < Tk, other=0.0)
-            qk = tl.dot(q, kt)
         else:
             kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None])
-            qk = tl.dot(q, kt)
+        qk = tl.dot(q, kt)
         if MODE == 1 and ORDER > 0 and BOUND:
             # far tile: bound the row maximum of v = b·qk − γb² from max(qk) and the row's range of b
             # (b is monotone in t), so v itself is never materialised: p = 2^(b·(qk − γb) − m)
+            idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
+            c0, c1, c2, c3 = _coefs(COEF, coef_len, idx_row, ORDER)
             b = _horner(c0, c1, c2, c3, zcol, ORDER)
             b_lo = c0 - c1 + c2 - c3
             b_hi = c0 + c1 + c2 + c3
@@ -213,7 +194,7 @@ def _fwd_tiles(acc, l_i, m_i, qk_next, q, k_base, v_base, skn, svn, offs_m, offs
         else:
             vt = tl.load(v_base + offs_k[:, None] * svn + offs_d[None, :])
         acc = tl.dot(p.to(vt.dtype), vt, acc)
-    return acc, l_i, m_i, qk_next
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -228,8 +209,7 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES,
                H, G, Tq, Tk, q_offset, coef_len,
                qk_scale, inv_tau, A2, K2, NEG_GAMMA, T1, T2, T3,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
-               CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
-               PIPE: tl.constexpr = False):
+               CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1)
     b = bh // H
@@ -259,38 +239,30 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES,
     else:
         n_end = tl.cdiv(Tk, BLOCK_N)
         n_full = Tk // BLOCK_N
-    qk = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    if PIPE:
-        qk = _tile_scores(q, k_base, skn, offs_n, offs_d, 0, n_end, Tk, BLOCK_N)
     if MODE == 1 and CAUSAL:
         base_x = q_offset + m0 - BLOCK_N + 1  # tile i has smallest distance base_x − i·BLOCK_N
         n1 = tl.minimum(_count_far(base_x - T1, BLOCK_N), n_full)
         n2 = tl.maximum(tl.minimum(_count_far(base_x - T2, BLOCK_N), n_full), n1)
         n3 = tl.maximum(tl.minimum(_count_far(base_x - T3, BLOCK_N), n_full), n2)
-        acc, l_i, m_i, qk = _fwd_tiles(acc, l_i, m_i, qk, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0,
-                                       n1, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
-                                       A2, K2, NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND, USE_ASM,
-                                       PIPE)
-        acc, l_i, m_i, qk = _fwd_tiles(acc, l_i, m_i, qk, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1,
-                                       n2, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
-                                       A2, K2, NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL, LAZY, BOUND, USE_ASM,
-                                       PIPE)
-        acc, l_i, m_i, qk = _fwd_tiles(acc, l_i, m_i, qk, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2,
-                                       n3, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
-                                       A2, K2, NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL, LAZY, BOUND, USE_ASM,
-                                       PIPE)
-        acc, l_i, m_i, qk = _fwd_tiles(acc, l_i, m_i, qk, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
-                                       n_full, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale,
-                                       inv_tau, A2, K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND,
-                                       USE_ASM, PIPE)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n1,
+                                   q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                   NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND, USE_ASM)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
+                                   q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                   NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL, LAZY, BOUND, USE_ASM)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2, n3,
+                                   q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                   NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL, LAZY, BOUND, USE_ASM)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
+                                   n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+                                   K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
     else:
-        acc, l_i, m_i, qk = _fwd_tiles(acc, l_i, m_i, qk, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0,
-                                       n_full, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale,
-                                       inv_tau, A2, K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND,
-                                       USE_ASM, PIPE)
-    acc, l_i, m_i, qk = _fwd_tiles(acc, l_i, m_i, qk, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
-                                   n_end, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
-                                   K2, NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM, PIPE)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0,
+                                   n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+                                   K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
+                               n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                               NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM)
     out = acc / l_i[:, None]
     row_ok = offs_m < Tq
     tl.store(LSE + bh.to(tl.int64) * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
@@ -320,57 +292,34 @@ def scale_cast_kernel(SRC, DST, n, SCALE, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _tile_scores_t(k, q_base, sqm, offs_mb, offs_d, j, Tq, BLOCK_M: tl.constexpr):
-    """k·qᵀ for query tile j (zero columns past Tq): the dK/dV kernel's next product, issued early."""
-    offs_m = j * BLOCK_M + offs_mb
-    qt = tl.load(q_base + offs_m[None, :] * sqm + offs_d[:, None], mask=offs_m[None, :] < Tq, other=0.0)
-    return tl.dot(k, qt)
-
-
-@triton.jit
-def _dkdv_tiles(dk, dv, sT_next, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom, sdqm, offs_n,
-                offs_mb, offs_d, lo, hi, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                NEG_GAMMA, BLOCK_M: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
-                CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, FUSE_DQ: tl.constexpr, PIPE: tl.constexpr):
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom, sdqm, offs_n, offs_mb,
+                offs_d, lo, hi, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                BLOCK_M: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
+                CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, FUSE_DQ: tl.constexpr):
     """Accumulate dK, dV of one key tile (rows = keys) over query tiles lo .. hi−1 (columns = queries).
 
     FUSE_DQ (1 or 2): also add this key tile's share of dQ, dsᵀ·K (unscaled), to the float32 buffer at dq_base
-    with atomic adds, so no separate dQ kernel recomputes the logits. PIPE: ``sT_next`` is query tile lo's k·qᵀ
-    on entry and tile hi's on return; each step issues the next one, and v·dOᵀ, before this tile's softmax."""
+    with atomic adds, so no separate dQ kernel recomputes the logits."""
     tcol = -offs_mb.to(tl.float32)  # t = (q_offset + m0 − n) + j
     for i in range(lo, hi):
         m0 = i * BLOCK_M
         offs_m = m0 + offs_mb
         row_ok = offs_m < Tq
-        trow = (q_offset + m0 - offs_n).to(tl.float32)
-        idx_row = q_offset + m0 - offs_n
-        if PIPE and MODE == 1:  # a_t does not depend on the scores: computed while the products run
-            bT = _si_slope(sT_next, trow, tcol, idx_row, zcol, COEF, coef_len, inv_tau, A2, K2, ORDER, not CAUSAL,
-                           USE_ASM)
         qt = tl.load(q_base + offs_m[None, :] * sqm + offs_d[:, None], mask=row_ok[None, :], other=0.0)
         lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
-        do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
-        if PIPE:
-            sT = sT_next
-            sT_next = _tile_scores_t(k, q_base, sqm, offs_mb, offs_d, i + 1, Tq, BLOCK_M)
-            dpT = tl.dot(v, tl.trans(do))
-            if MODE == 1:
-                vT = bT * (sT + NEG_GAMMA * bT)
-            else:
-                vT, bT = _logits(sT, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
-                                 NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
-        else:
-            sT = tl.dot(k, qt)
-            vT, bT = _logits(sT, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
-                             NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
+        sT = tl.dot(k, qt)
+        trow = (q_offset + m0 - offs_n).to(tl.float32)
+        idx_row = q_offset + m0 - offs_n
+        vT, bT = _logits(sT, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
+                         NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
         pT = tl.math.exp2(vT - lse[None, :])
         if MASKED:
             vis = offs_m[None, :] + q_offset >= offs_n[:, None]
             pT = tl.where(vis, pT, 0.0)
+        do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
         dv = tl.dot(pT.to(do.dtype), do, dv)
-        if not PIPE:
-            dpT = tl.dot(v, tl.trans(do))
+        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        dpT = tl.dot(v, tl.trans(do))
         dsT = pT * (dpT - delta[None, :])
         if MODE == 1:
             dsT = dsT * bT
@@ -386,7 +335,7 @@ def _dkdv_tiles(dk, dv, sT_next, k, v, q_base, do_base, lse_base, delta_base, dq
             dqT = tl.dot(tl.trans(k), dsT)
             tl.atomic_add(dq_base + offs_m[None, :] * sdqm + offs_d[:, None], dqT, mask=row_ok[None, :],
                           sem="relaxed")
-    return dk, dv, sT_next
+    return dk, dv
 
 
 @triton.jit
@@ -402,7 +351,7 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
                     qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
                     CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, POLY: tl.constexpr = 3,
-                    FUSE_DQ: tl.constexpr = 0, PIPE: tl.constexpr = False):
+                    FUSE_DQ: tl.constexpr = 0):
     """One program per (key tile, batch·kv head): dK, dV summed over the G query heads of the group.
 
     Far query tiles (scale-invariant, causal) take a_t from polynomials: POLY = 3 uses orders 3, 2, 1 as the
@@ -456,35 +405,30 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
             slope2 = tl.load(SLOPES + h)
         else:
             slope2 = 0.0
-        sT = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-        if PIPE:
-            sT = _tile_scores_t(k, q_base, sqm, offs_mb, offs_d, m_lo, Tq, BLOCK_M)
-        dk, dv, sT = _dkdv_tiles(dk, dv, sT, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom, sdqm,
-                                 offs_n, offs_mb, offs_d, m_lo, m_full, q_offset, Tq, COEF, coef_len, zcol, slope2,
-                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL, USE_ASM,
-                                 FUSE_DQ, PIPE)
-        dk, dv, sT = _dkdv_tiles(dk, dv, sT, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom, sdqm,
-                                 offs_n, offs_mb, offs_d, m_full, s3, q_offset, Tq, COEF, coef_len, zcol, slope2,
-                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM,
-                                 FUSE_DQ, PIPE)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom, sdqm, offs_n,
+                             offs_mb, offs_d, m_lo, m_full, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
+                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL, USE_ASM, FUSE_DQ)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom, sdqm, offs_n,
+                             offs_mb, offs_d, m_full, s3, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
+                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM, FUSE_DQ)
         if MODE == 1 and CAUSAL and POLY == 1:
-            dk, dv, sT = _dkdv_tiles(dk, dv, sT, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom,
-                                     sdqm, offs_n, offs_mb, offs_d, s3, m_end, q_offset, Tq, COEF, coef_len, zcol,
-                                     slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
-                                     USE_ASM, FUSE_DQ, PIPE)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom, sdqm,
+                                 offs_n, offs_mb, offs_d, s3, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL, USE_ASM,
+                                 FUSE_DQ)
         if MODE == 1 and CAUSAL and POLY == 3:
-            dk, dv, sT = _dkdv_tiles(dk, dv, sT, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom,
-                                     sdqm, offs_n, offs_mb, offs_d, s3, s2, q_offset, Tq, COEF, coef_len, zcol,
-                                     slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
-                                     USE_ASM, FUSE_DQ, PIPE)
-            dk, dv, sT = _dkdv_tiles(dk, dv, sT, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom,
-                                     sdqm, offs_n, offs_mb, offs_d, s2, s1, q_offset, Tq, COEF, coef_len, zcol,
-                                     slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 2, False, CAUSAL,
-                                     USE_ASM, FUSE_DQ, PIPE)
-            dk, dv, sT = _dkdv_tiles(dk, dv, sT, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom,
-                                     sdqm, offs_n, offs_mb, offs_d, s1, m_end, q_offset, Tq, COEF, coef_len, zcol,
-                                     slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 1, False, CAUSAL,
-                                     USE_ASM, FUSE_DQ, PIPE)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom, sdqm,
+                                 offs_n, offs_mb, offs_d, s3, s2, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL, USE_ASM,
+                                 FUSE_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom, sdqm,
+                                 offs_n, offs_mb, offs_d, s2, s1, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 2, False, CAUSAL, USE_ASM,
+                                 FUSE_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdom, sdqm,
+                                 offs_n, offs_mb, offs_d, s1, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 1, False, CAUSAL, USE_ASM,
+                                 FUSE_DQ)
     out_ok = offs_n[:, None] < Tk
     dk_ptr = b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None] * sdkn + offs_d[None, :]
     tl.store(DK + dk_ptr, (dk * DS_SCALE).to(DK.dtype.element_ty), mask=out_ok)
@@ -492,55 +436,39 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
 
 
 @triton.jit
-def _dq_tiles(dq, qk_next, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi, n_end,
+def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi,
               q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
               BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
-              CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, PIPE: tl.constexpr):
-    """dQ of one query tile over key tiles lo .. hi−1. PIPE: as in _fwd_tiles (``qk_next`` is tile lo's q·kᵀ
-    on entry, tile hi's on return), with a_t computed and dO·vᵀ issued before the softmax."""
+              CAUSAL: tl.constexpr, USE_ASM: tl.constexpr):
     tcol = offs_n.to(tl.float32)
     for i in range(lo, hi):
         n0 = i * BLOCK_N
         offs_k = n0 + offs_n
-        trow = (q_offset + offs_m - n0).to(tl.float32)
-        idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
-        if PIPE and MODE == 1:  # a_t does not depend on the scores: computed while the products run
-            bsl = _si_slope(qk_next, trow, tcol, idx_row, zcol, COEF, coef_len, inv_tau, A2, K2, ORDER,
-                            not CAUSAL, USE_ASM)
         if MASKED:
             kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None], mask=offs_k[None, :] < Tk, other=0.0)
             vt = tl.load(v_base + offs_k[None, :] * svn + offs_d[:, None], mask=offs_k[None, :] < Tk, other=0.0)
         else:
             kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None])
             vt = tl.load(v_base + offs_k[None, :] * svn + offs_d[:, None])
-        if PIPE:
-            qk = qk_next
-            qk_next = _tile_scores(q, k_base, skn, offs_n, offs_d, i + 1, n_end, Tk, BLOCK_N)
-            dp = tl.dot(do, vt)
-            if MODE == 1:
-                s = bsl * (qk + NEG_GAMMA * bsl)
-            else:
-                s, bsl = _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2,
-                                 K2, NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
-        else:
-            qk = tl.dot(q, kt)
-            s, bsl = _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
-                             NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
+        qk = tl.dot(q, kt)
+        trow = (q_offset + offs_m - n0).to(tl.float32)
+        idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
+        s, bsl = _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
+                         NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
             vis = offs_k[None, :] < Tk
             if CAUSAL:
                 vis = vis & (offs_k[None, :] <= q_offset + offs_m[:, None])
             p = tl.where(vis, p, 0.0)
-        if not PIPE:
-            dp = tl.dot(do, vt)
+        dp = tl.dot(do, vt)
         ds = p * (dp - delta[:, None])
         if MODE == 1:
             ds = ds * bsl
             if MASKED:
                 ds = tl.where(vis, ds, 0.0)
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
-    return dq, qk_next
+    return dq
 
 
 @triton.jit(do_not_specialize=["Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
@@ -549,7 +477,7 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES,
                   H, G, Tq, Tk, q_offset, coef_len,
                   qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
-                  CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, PIPE: tl.constexpr = False):
+                  CAUSAL: tl.constexpr, USE_ASM: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -581,33 +509,30 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES,
     else:
         n_end = tl.cdiv(Tk, BLOCK_N)
         n_full = Tk // BLOCK_N
-    qk = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    if PIPE:
-        qk = _tile_scores(q, k_base, skn, offs_n, offs_d, 0, n_end, Tk, BLOCK_N)
     if MODE == 1 and CAUSAL:
         base_x = q_offset + m0 - BLOCK_N + 1
         n1 = tl.minimum(_count_far(base_x - T1, BLOCK_N), n_full)
         n2 = tl.maximum(tl.minimum(_count_far(base_x - T2, BLOCK_N), n_full), n1)
         n3 = tl.maximum(tl.minimum(_count_far(base_x - T3, BLOCK_N), n_full), n2)
-        dq, qk = _dq_tiles(dq, qk, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n1,
-                           n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                           BLOCK_N, MODE, 1, False, CAUSAL, USE_ASM, PIPE)
-        dq, qk = _dq_tiles(dq, qk, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
-                           n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                           BLOCK_N, MODE, 2, False, CAUSAL, USE_ASM, PIPE)
-        dq, qk = _dq_tiles(dq, qk, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2, n3,
-                           n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                           BLOCK_N, MODE, 3, False, CAUSAL, USE_ASM, PIPE)
-        dq, qk = _dq_tiles(dq, qk, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3, n_full,
-                           n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                           BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM, PIPE)
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n1,
+                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                       BLOCK_N, MODE, 1, False, CAUSAL, USE_ASM)
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
+                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                       BLOCK_N, MODE, 2, False, CAUSAL, USE_ASM)
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2, n3,
+                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                       BLOCK_N, MODE, 3, False, CAUSAL, USE_ASM)
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3, n_full,
+                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM)
     else:
-        dq, qk = _dq_tiles(dq, qk, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n_full,
-                           n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                           BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM, PIPE)
-    dq, qk = _dq_tiles(dq, qk, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full, n_end,
-                       n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                       BLOCK_N, MODE, 0, True, CAUSAL, USE_ASM, PIPE)
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n_full,
+                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full, n_end,
+                   q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N,
+                   MODE, 0, True, CAUSAL, USE_ASM)
     tl.store(DQ + b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None] * sdqm + offs_d[None, :],
              (dq * DS_SCALE).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
