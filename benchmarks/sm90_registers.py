@@ -4,7 +4,9 @@
 
 For every tuning candidate of ``siattn.backends.triton`` (D = 128, causal, bf16) this compiles the kernel for
 sm_90a with Triton's own ptxas (``triton.compile`` with a GPUTarget; no device is touched) and prints what
-ptxas reports: registers per thread, bytes of spill stores / loads and stack frame, and shared memory. A
+ptxas reports: registers per thread, bytes of spill stores / loads and stack frame, and shared memory. It
+compiles with the specialisation Triton applies at run time to contiguous tensors (16-byte-aligned pointers,
+strides that are multiples of 16); without it every load compiles to scalar accesses. A
 kernel at 255 registers with spill traffic in its inner loop pays for every spilled value on every tile; this
 is the check to run before spending device time on a tiling. The numbers are those of the local Triton
 (which may differ from the GPU machine's), not timings.
