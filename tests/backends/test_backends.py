@@ -103,6 +103,40 @@ def test_cuda_backends_match_reference_with_gradients(backend, transform):
         torch.testing.assert_close(a, b_, rtol=1e-3, atol=1e-3)
 
 
+def _transposed_leaves(device, dtype):
+    """Leaves (B, T, H, D) and their (B, H, T, D) transposed views, as a model's projections give them."""
+    torch.manual_seed(0)
+    leaves = [torch.randn(2, 300, n, 64, device=device).to(dtype).requires_grad_(True) for n in (6, 2, 2)]
+    return leaves, [x.transpose(1, 2) for x in leaves]
+
+
+def _check_transposed(backend, transform, device, dtype, tol):
+    leaves, (q, k, v) = _transposed_leaves(device, dtype)
+    kw = dict(transform=transform, q_offset=0, causal=True, scale=0.125)
+    out = run_backend(q, k, v, backend=backend, **kw)
+    g = torch.randn(out.shape, device=device)
+    grads = torch.autograd.grad(out, leaves, g.to(dtype))
+    ref_leaves = [x.detach().float().requires_grad_(True) for x in leaves]
+    ref = reference_attention(*(x.transpose(1, 2) for x in ref_leaves), **kw)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, g)
+    for name, a, r in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), strict=True):
+        err = ((a.float() - r).norm() / r.norm()).item()
+        assert err < tol, f"{backend} {transform.kind}: {name} relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("transform", [TRANSFORMS[0], TRANSFORMS[1], TRANSFORMS[3]], ids=lambda t: t.kind)
+def test_chunked_takes_transposed_views_as_a_model_passes_them(transform):
+    _check_transposed("chunked", transform, "cpu", torch.float32, 1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["chunked", "flex", "triton"])
+@pytest.mark.parametrize("transform", [TRANSFORMS[0], TRANSFORMS[1], TRANSFORMS[3]], ids=lambda t: t.kind)
+def test_cuda_backends_take_transposed_bf16_views(backend, transform):
+    """Regression for the Triton backward's delta, which read a transposed output as contiguous."""
+    _check_transposed(backend, transform, "cuda", torch.bfloat16, 1e-2)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_inputs_use_float32_math(dtype):
     q, k, v = _inputs(1, 2, 2, 40, 40, 16, dtype=dtype)

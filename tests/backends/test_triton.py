@@ -151,6 +151,46 @@ def test_fused_dq_far_tiles_and_non_causal(dkdv_poly):
     _check(CPU_CASES[1], SI, causal=False, bwd_config=fused)
 
 
+def _model_layout_inputs(b, h, hkv, t, d, dtype, layout):
+    """q, k, v as a model hands them over: transposed (B, T, H, D) views, or slices of one fused projection."""
+    def leaf(*shape):
+        return torch.randn(*shape, device=DEVICE).to(dtype).requires_grad_(True)
+
+    if layout == "transposed":
+        leaves = [leaf(b, t, n, d) for n in (h, hkv, hkv)]
+        return leaves, [x.transpose(1, 2) for x in leaves]
+    qkv = leaf(b, t, h + 2 * hkv, d)  # one projection, split along heads: non-dense views
+    views = (qkv[:, :, :h], qkv[:, :, h:h + hkv], qkv[:, :, h + hkv:])
+    return [qkv], [x.transpose(1, 2) for x in views]
+
+
+@pytest.mark.parametrize("fused", [0, 1])
+@pytest.mark.parametrize("layout", ["transposed", "qkv-slices"])
+@pytest.mark.parametrize("transform", [SI, LogitTransform("alibi")], ids=["si", "alibi"])
+def test_strided_inputs_as_a_model_passes_them(transform, layout, fused):
+    """Regression: the backward's delta = rowsum(O·dO) read O and dO as contiguous, so transposed views (what
+    the GPT and Hugging Face attention pass) gave wrong dQ and dK (relative error ~1) while dV was right."""
+    b, h, hkv, t, d = 2, 4, 2, 37, 64
+    dtype = DTYPES[0]
+    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
+    leaves, (q, k, v) = _model_layout_inputs(b, h, hkv, t, d, dtype, layout)
+    assert not q.is_contiguous()
+    kw = dict(transform=transform, q_offset=5, causal=True, scale=d**-0.5)
+    out = tb.flash_attention(q, k, v, bwd_config=dataclasses.replace(base, fused_dq=fused), **kw)
+    g = torch.randn(out.shape, device=DEVICE)
+    grads = torch.autograd.grad(out, leaves, g.to(dtype))
+    ref_leaves = [x.detach().float().requires_grad_(True) for x in leaves]
+    if layout == "transposed":
+        rq, rk, rv = (x.transpose(1, 2) for x in ref_leaves)
+    else:
+        rq, rk, rv = (ref_leaves[0][:, :, a:z].transpose(1, 2) for a, z in ((0, h), (h, h + hkv), (h + hkv, None)))
+    ref = reference_attention(rq, rk, rv, **kw)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, g)
+    assert _rel(out, ref) < FWD_TOL
+    for a, r in zip(grads, ref_grads, strict=True):
+        assert _rel(a, r) < GRAD_TOL, f"gradient error {_rel(a, r):.2e}"
+
+
 def test_backward_plan_takes_the_faster_of_split_and_fused(monkeypatch):
     """While autotuning, the plan is the best fused kernel when it beats the best dK/dV + dQ pair, else the pair."""
     key = ("plan-test",)

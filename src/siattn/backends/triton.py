@@ -326,10 +326,14 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
     batch, heads, tq, dim = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     groups = heads // hkv
-    dout = dout.contiguous()
+    # every kernel below reads and writes through strides, so q, out, dout and the gradients may be transposed
+    # (B, T, H, D) views as a model makes them; only the last dimension must be contiguous
+    dout = _contiguous(dout)
     delta = torch.empty(batch, heads, tq, device=q.device, dtype=torch.float32)
     rows = batch * heads * tq
-    _k.bwd_preprocess_kernel[(triton.cdiv(rows, 64),)](out, dout, delta, rows, HEAD_DIM=dim, BLOCK=64)
+    _k.bwd_preprocess_kernel[(triton.cdiv(rows, 64),)](
+        out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1),
+        dout.stride(2), heads, tq, rows, HEAD_DIM=dim, BLOCK=64)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -339,7 +343,8 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
 
     def launch_dkdv(c: BwdConfig):
         coef, slopes, _, th = _transform_args(transform, scale, c.dkdv_m, q_offset + tq, heads, q.device, causal)
-        dq_acc = torch.zeros(batch, heads, tq, dim, device=q.device, dtype=torch.float32) if c.fused_dq else dq
+        # the fused path's buffer has dq's strides, so that the cast below can run over the storage in order
+        dq_acc = torch.zeros_like(dq, dtype=torch.float32) if c.fused_dq else dq
         _k.bwd_dkdv_kernel[(triton.cdiv(tk, c.dkdv_n), batch * hkv)](
             q, k, v, dout, lse, delta, dk, dv, dq_acc, coef, slopes,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -351,7 +356,9 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
             USE_ASM=_use_asm(), POLY=c.dkdv_poly, FUSE_DQ=int(c.fused_dq), num_warps=c.dkdv_warps,
             num_stages=c.dkdv_stages,
         )
-        if c.fused_dq:  # dq = DS_SCALE·buffer, cast (dq is contiguous like the buffer)
+        if c.fused_dq:  # dq = DS_SCALE·buffer, cast elementwise over the two (identically laid out) storages
+            if dq_acc.stride() != dq.stride():  # both dense (empty_like), so equal strides = same element order
+                raise AssertionError(f"fused dQ buffer strides {dq_acc.stride()} differ from dq's {dq.stride()}")
             n = dq_acc.numel()
             _k.scale_cast_kernel[(triton.cdiv(n, 4096),)](dq_acc, dq, n, ds_scale, BLOCK=4096)
 

@@ -272,15 +272,20 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES,
 
 # -------------------------------------------------------------------------------------------------- backward
 @triton.jit
-def bwd_preprocess_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
-    """delta[r] = Σ_d O[r, d]·dO[r, d] over contiguous (rows, HEAD_DIM) tensors."""
+def bwd_preprocess_kernel(O, DO, DELTA, sob, soh, som, sdob, sdoh, sdom, H, T, n_rows,
+                          HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """delta[b, h, m] = Σ_d O[b, h, m, d]·dO[b, h, m, d] for (B, H, T, HEAD_DIM) tensors of any strides (a
+    transposed (B, T, H, D) view included); DELTA is contiguous (B, H, T), row r = (b·H + h)·T + m."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     ok = rows[:, None] < n_rows
-    ptr = rows.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
-    o = tl.load(O + ptr, mask=ok, other=0.0).to(tl.float32)
-    do = tl.load(DO + ptr, mask=ok, other=0.0).to(tl.float32)
-    tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < n_rows)
+    r = rows.to(tl.int64)
+    m = r % T
+    h = (r // T) % H
+    b = r // T // H
+    o = tl.load(O + (b * sob + h * soh + m * som)[:, None] + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    do = tl.load(DO + (b * sdob + h * sdoh + m * sdom)[:, None] + offs_d[None, :], mask=ok, other=0.0)
+    tl.store(DELTA + rows, tl.sum(o * do.to(tl.float32), 1), mask=rows < n_rows)
 
 
 @triton.jit
