@@ -32,7 +32,7 @@ MODES = {"none": 0, "si": 1, "alibi": 2}
 
 def is_stride(name: str) -> bool:
     """Stride arguments of the kernels: s + tensor letters + b/h/m/n (sqb, skn, sdom, sdqh, ...)."""
-    return re.fullmatch(r"s(q|k|v|o|do|dk|dq)[bhmn]", name) is not None
+    return re.fullmatch(r"s(q|k|v|o|do|dk|dv|dq)[bhmn]", name) is not None
 
 
 def ptxas_report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> dict:

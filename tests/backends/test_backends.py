@@ -133,7 +133,7 @@ def test_chunked_takes_transposed_views_as_a_model_passes_them(transform):
 @pytest.mark.parametrize("backend", ["chunked", "flex", "triton"])
 @pytest.mark.parametrize("transform", [TRANSFORMS[0], TRANSFORMS[1], TRANSFORMS[3]], ids=lambda t: t.kind)
 def test_cuda_backends_take_transposed_bf16_views(backend, transform):
-    """Regression for the Triton backward's delta, which read a transposed output as contiguous."""
+    """Regression for the Triton backward's layout bugs (delta read as contiguous, dV stored with dK's strides)."""
     _check_transposed(backend, transform, "cuda", torch.bfloat16, 1e-2)
 
 

@@ -159,22 +159,26 @@ def _model_layout_inputs(b, h, hkv, t, d, dtype, layout):
     if layout == "transposed":
         leaves = [leaf(b, t, n, d) for n in (h, hkv, hkv)]
         return leaves, [x.transpose(1, 2) for x in leaves]
+    if layout == "mixed":  # the GPT's: q, k fresh (B, H, T, D) tensors after QK-norm and RoPE, v a transposed view
+        leaves = [leaf(b, h, t, d), leaf(b, hkv, t, d), leaf(b, t, hkv, d)]
+        return leaves, [leaves[0], leaves[1], leaves[2].transpose(1, 2)]
     qkv = leaf(b, t, h + 2 * hkv, d)  # one projection, split along heads: non-dense views
     views = (qkv[:, :, :h], qkv[:, :, h:h + hkv], qkv[:, :, h + hkv:])
     return [qkv], [x.transpose(1, 2) for x in views]
 
 
 @pytest.mark.parametrize("fused", [0, 1])
-@pytest.mark.parametrize("layout", ["transposed", "qkv-slices"])
+@pytest.mark.parametrize("layout", ["transposed", "mixed", "qkv-slices"])
 @pytest.mark.parametrize("transform", [SI, LogitTransform("alibi")], ids=["si", "alibi"])
 def test_strided_inputs_as_a_model_passes_them(transform, layout, fused):
-    """Regression: the backward's delta = rowsum(O·dO) read O and dO as contiguous, so transposed views (what
-    the GPT and Hugging Face attention pass) gave wrong dQ and dK (relative error ~1) while dV was right."""
+    """Regressions: (1) the backward's delta = rowsum(O·dO) read O and dO as contiguous, so a transposed output
+    gave wrong dQ and dK; (2) dV was stored with dK's strides, so a v laid out unlike k (the GPT's case: q, k
+    come fresh out of QK-norm and RoPE, v is a transposed view) got a scrambled dV. Both: relative error ~1."""
     b, h, hkv, t, d = 2, 4, 2, 37, 64
     dtype = DTYPES[0]
     base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
     leaves, (q, k, v) = _model_layout_inputs(b, h, hkv, t, d, dtype, layout)
-    assert not q.is_contiguous()
+    assert not v.is_contiguous()
     kw = dict(transform=transform, q_offset=5, causal=True, scale=d**-0.5)
     out = tb.flash_attention(q, k, v, bwd_config=dataclasses.replace(base, fused_dq=fused), **kw)
     g = torch.randn(out.shape, device=DEVICE)
@@ -182,6 +186,8 @@ def test_strided_inputs_as_a_model_passes_them(transform, layout, fused):
     ref_leaves = [x.detach().float().requires_grad_(True) for x in leaves]
     if layout == "transposed":
         rq, rk, rv = (x.transpose(1, 2) for x in ref_leaves)
+    elif layout == "mixed":
+        rq, rk, rv = ref_leaves[0], ref_leaves[1], ref_leaves[2].transpose(1, 2)
     else:
         rq, rk, rv = (ref_leaves[0][:, :, a:z].transpose(1, 2) for a, z in ((0, h), (h, h + hkv), (h + hkv, None)))
     ref = reference_attention(rq, rk, rv, **kw)
@@ -189,6 +195,37 @@ def test_strided_inputs_as_a_model_passes_them(transform, layout, fused):
     assert _rel(out, ref) < FWD_TOL
     for a, r in zip(grads, ref_grads, strict=True):
         assert _rel(a, r) < GRAD_TOL, f"gradient error {_rel(a, r):.2e}"
+
+
+@pytest.mark.parametrize("method", ["si-p-rope", "alibi"])
+def test_gpt_gradients_on_the_triton_backend_match_the_reference_backend(method):
+    """The integration the kernel tests missed: a GPT hands the backend transposed views; its parameter gradients
+    through the Triton kernels must match those through the reference backend (same half-precision weights)."""
+    from siattn.model.config import GPTConfig
+    from siattn.model.gpt import GPT
+
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=128, head_dim=64, method=method,
+                       train_length=48, attn_backend="reference")
+    model = GPT(config).to(device=DEVICE, dtype=DTYPES[0])
+    with torch.no_grad():  # the output projections start at zero, which would stop every gradient into q, k, v
+        for param in model.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.05)
+    idx = torch.randint(0, 64, (2, 48), device=DEVICE)
+    grads = {}
+    for backend in ("reference", "triton"):
+        for block in model.transformer.h:
+            block.attn.backend = backend
+        model.zero_grad(set_to_none=True)
+        _, loss = model(idx, idx)
+        loss.backward()
+        grads[backend] = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    for name in ("c_q", "c_k", "c_v"):
+        for key, ref in grads["reference"].items():
+            if f"attn.{name}" in key:
+                err = ((grads["triton"][key] - ref).norm() / ref.norm()).item()
+                assert err < 3e-2, f"{key}: relative error {err:.2e}"
 
 
 def test_backward_plan_takes_the_faster_of_split_and_fused(monkeypatch):

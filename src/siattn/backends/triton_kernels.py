@@ -352,7 +352,7 @@ def _first_tile_at(y, BLOCK: tl.constexpr):
 @triton.jit(do_not_specialize=["Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
 def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdkb, sdkh, sdkn,
-                    sdqb, sdqh, sdqm, Hkv, G, Tq, Tk, q_offset, coef_len,
+                    sdvb, sdvh, sdvn, sdqb, sdqh, sdqm, Hkv, G, Tq, Tk, q_offset, coef_len,
                     qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
                     CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, POLY: tl.constexpr = 3,
@@ -436,8 +436,9 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
                                  FUSE_DQ)
     out_ok = offs_n[:, None] < Tk
     dk_ptr = b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None] * sdkn + offs_d[None, :]
+    dv_ptr = b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + offs_n[:, None] * sdvn + offs_d[None, :]
     tl.store(DK + dk_ptr, (dk * DS_SCALE).to(DK.dtype.element_ty), mask=out_ok)
-    tl.store(DV + dk_ptr, dv.to(DV.dtype.element_ty), mask=out_ok)
+    tl.store(DV + dv_ptr, dv.to(DV.dtype.element_ty), mask=out_ok)  # dK and dV may differ in layout
 
 
 @triton.jit
