@@ -51,34 +51,34 @@ def stage_train_flex(steps: int) -> list[list[str]]:
     return [_gpu_small("si-p-rope", "flex", steps)]
 
 
-def stage_paper162m(steps: int) -> list[list[str]]:
-    base = [*SIATTN, "train", "--preset", "paper-162m", "--method", "si-p-rope", "--data", GPU_SMALL_DATA,
-            "--data-source", "python-all", "--tokenizer", "bytes", "--eval-multipliers", "1,4,16",
-            "--eval-tokens", str(1 << 16), "--log-every", "5", "--no-progress"]
-    half = steps // 2
-    schedule = ["--steps", str(steps), "--eval-every", str(half), "--ckpt-every", str(half)]
-    return [[*base, *schedule, "--out", "runs/paper-162m-1gpu", "--overwrite"],
-            # resume its step-`half` checkpoint into a second folder and finish: the two curves must agree
-            [*base, *schedule, "--out", "runs/paper-162m-1gpu-resumed",
-             "--resume", f"runs/paper-162m-1gpu/checkpoints/step_{half:06d}"]]
-
-
-def _paper162m_args(steps: int, every: int) -> list[str]:
+def _paper162m_args(steps: int, every: int, log_every: int) -> list[str]:
+    """``siattn train`` arguments of the paper-162m runs: si-p-rope on the byte corpus, validation at 1/4/16×,
+    validation and checkpoints every ``every`` steps."""
     return ["train", "--preset", "paper-162m", "--method", "si-p-rope", "--data", GPU_SMALL_DATA, "--data-source",
             "python-all", "--tokenizer", "bytes", "--eval-multipliers", "1,4,16", "--eval-tokens", str(1 << 16),
-            "--log-every", "2", "--steps", str(steps), "--eval-every", str(every), "--ckpt-every", str(every),
-            "--no-progress"]
+            "--log-every", str(log_every), "--steps", str(steps), "--eval-every", str(every), "--ckpt-every",
+            str(every), "--no-progress"]
+
+
+def stage_paper162m(steps: int) -> list[list[str]]:
+    half = steps // 2
+    base = [*SIATTN, *_paper162m_args(steps, half, log_every=5)]
+    return [[*base, "--out", "runs/paper-162m-1gpu", "--overwrite"],
+            # resume its step-`half` checkpoint into a second folder and finish: the two curves must agree
+            [*base, "--out", "runs/paper-162m-1gpu-resumed", "--resume",
+             f"runs/paper-162m-1gpu/checkpoints/step_{half:06d}"]]
 
 
 def stage_multigpu(steps: int, gpus: int) -> list[list[str]]:
     """One GPU, then ``gpus`` GPUs with torchrun (same global batch), then the multi-GPU run's half-way
-    checkpoint resumed on one GPU. ``SIATTN_ONE_GPU`` marks the commands that must see a single device."""
+    checkpoint resumed on one GPU; the one-GPU commands see only device 0 (CUDA_VISIBLE_DEVICES)."""
     half = steps // 2
     one = ["env", "CUDA_VISIBLE_DEVICES=0", *SIATTN]
     multi = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus), "-m", "siattn"]
-    return [[*one, *_paper162m_args(half, half), "--out", "runs/paper-162m-1gpu", "--overwrite"],
-            [*multi, *_paper162m_args(steps, half), "--out", f"runs/paper-162m-{gpus}gpu", "--overwrite"],
-            [*one, *_paper162m_args(steps, half), "--out", f"runs/paper-162m-{gpus}gpu-resumed-1gpu",
+    return [[*one, *_paper162m_args(half, half, log_every=2), "--out", "runs/paper-162m-1gpu", "--overwrite"],
+            [*multi, *_paper162m_args(steps, half, log_every=2), "--out", f"runs/paper-162m-{gpus}gpu",
+             "--overwrite"],
+            [*one, *_paper162m_args(steps, half, log_every=2), "--out", f"runs/paper-162m-{gpus}gpu-resumed-1gpu",
              "--resume", f"runs/paper-162m-{gpus}gpu/checkpoints/step_{half:06d}"]]
 
 

@@ -77,9 +77,6 @@ def precompile_jobs():
         jobs.append(("scale-invariant", True, 128, "bfloat16", tb.DEFAULT_FWD, bwd, None, ("dkdv",)))
     for bwd in tb.DQ_CANDIDATES:
         jobs.append(("scale-invariant", True, 128, "bfloat16", tb.DEFAULT_FWD, bwd, None, ("dq",)))
-    for bwd in tb.FUSED_CANDIDATES:
-        jobs.append(("scale-invariant", True, 128, "bfloat16", tb.DEFAULT_FWD, bwd, None, ("dkdv", "dq")))
-    jobs.append(("none", True, 128, "bfloat16", tb.DEFAULT_FWD, tb.FUSED_CANDIDATES[0], None, ("dkdv", "dq")))
     jobs.append(("none", True, 128, "bfloat16", tb.DEFAULT_FWD, tb.DEFAULT_BWD, None, ("dkdv", "dq")))
     jobs.append(("alibi", True, 128, "bfloat16", tb.DEFAULT_FWD, tb.DEFAULT_BWD, None, ("dkdv", "dq")))
     for dec in DECODE_VARIANTS:
@@ -215,7 +212,7 @@ def _candidate_accuracy(res):
                 continue
             res.append(dict(Tq=tq, Tk=tk, part="fwd", cfg=repr(cfg), err=_rel(out, ref)))
         out = ref.detach().bfloat16()
-        for part, cands in (("dkdv", tb.DKDV_CANDIDATES), ("dq", tb.DQ_CANDIDATES), ("fused", tb.FUSED_CANDIDATES)):
+        for part, cands in (("dkdv", tb.DKDV_CANDIDATES), ("dq", tb.DQ_CANDIDATES)):
             for cfg in cands:
                 try:
                     dq, dk, dv = tb._backward(q, k, v, out, lse, g.bfloat16(), tr, off, True, 128**-0.5, cfg,
@@ -223,9 +220,7 @@ def _candidate_accuracy(res):
                 except Exception as err:
                     log("candidate failed", cfg, type(err).__name__)
                     continue
-                errs = {"dq": _rel(dq, rq)} if part in ("dq", "fused") else {}
-                if part in ("dkdv", "fused"):
-                    errs.update(dk=_rel(dk, rk), dv=_rel(dv, rv))
+                errs = {"dq": _rel(dq, rq)} if part == "dq" else {"dk": _rel(dk, rk), "dv": _rel(dv, rv)}
                 res.append(dict(Tq=tq, Tk=tk, part=part, cfg=repr(cfg), **errs))
     worst = {}
     for r in res:
@@ -269,10 +264,9 @@ def _variants_at(t, b, res, rep_ms):
         tr = LogitTransform(kind)
         out, lse = tb._forward(q, k, v, tr, 0, True, scale, tb.DEFAULT_FWD)
         dout = torch.randn_like(out)
-        parts = (("dkdv", tb.DKDV_CANDIDATES), ("dq", tb.DQ_CANDIDATES), ("fused", tb.FUSED_CANDIDATES))
+        parts = (("dkdv", tb.DKDV_CANDIDATES), ("dq", tb.DQ_CANDIDATES))
         for part, cands in parts:
-            plain = (tb.FUSED_CANDIDATES[0],) if part == "fused" else (tb.BwdConfig(),)
-            for cfg in cands if kind == "scale-invariant" else plain:
+            for cfg in cands if kind == "scale-invariant" else (tb.DEFAULT_BWD,):
                 def fn(cfg=cfg, tr=tr, out=out, lse=lse, dout=dout, part=part):
                     return tb._backward(q, k, v, out, lse, dout, tr, 0, True, scale, cfg, parts=(part,))
                 try:

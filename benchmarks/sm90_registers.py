@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}
-FLOAT_POINTERS = {"LSE", "DELTA", "COEF", "SLOPES", "DQACC", "SRC"}
+FLOAT_POINTERS = {"LSE", "DELTA", "COEF", "SLOPES"}
 FLOATS = {"qk_scale", "inv_tau", "A2", "K2", "NEG_GAMMA", "DS_SCALE"}
 MODES = {"none": 0, "si": 1, "alibi": 2}
 
@@ -97,11 +97,6 @@ def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, obj
                 const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly)
                 tiling = f"{c.dkdv_m}x{c.dkdv_n} w{c.dkdv_warps} s{c.dkdv_stages} poly{c.dkdv_poly}"
                 out.append(("dkdv", mode, tiling, tk.bwd_dkdv_kernel, const, c.dkdv_warps, c.dkdv_stages))
-        if "fused" in kernels:
-            for c in tb.FUSED_CANDIDATES:
-                const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly, FUSE_DQ=c.fused_dq)
-                tiling = f"{c.dkdv_m}x{c.dkdv_n} w{c.dkdv_warps} s{c.dkdv_stages} poly{c.dkdv_poly} dq{c.fused_dq}"
-                out.append(("fused", mode, tiling, tk.bwd_dkdv_kernel, const, c.dkdv_warps, c.dkdv_stages))
         if "dq" in kernels:
             for c in tb.DQ_CANDIDATES:
                 const = dict(common, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n)
@@ -113,14 +108,14 @@ def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, obj
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--kernels", default="fwd,dkdv,fused,dq", help="comma-separated: fwd, dkdv, fused, dq")
+    parser.add_argument("--kernels", default="fwd,dkdv,dq", help="comma-separated: fwd, dkdv, dq")
     parser.add_argument("--modes", default="none,si", help="comma-separated logit modes: none, si, alibi")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--md", type=Path, default=None, help="also write the table as Markdown here")
     args = parser.parse_args(argv)
     kernels = args.kernels.split(",")
     modes = args.modes.split(",")
-    checks = (("--kernels", {"fwd", "dkdv", "fused", "dq"}, kernels), ("--modes", set(MODES), modes))
+    checks = (("--kernels", {"fwd", "dkdv", "dq"}, kernels), ("--modes", set(MODES), modes))
     for name, accepted, given in checks:
         if not set(given) <= accepted:
             parser.error(f"{name} accepts {sorted(accepted)}, got {given}")

@@ -132,25 +132,6 @@ def test_far_tiles_use_polynomials_and_match_reference(dkdv_poly):
     _check((1, 2, 1, 16, tk, tk - 16, 64), SI, bwd_config=dataclasses.replace(base, dkdv_poly=dkdv_poly))
 
 
-@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
-@pytest.mark.parametrize("case", CPU_CASES, ids=_cid)
-@pytest.mark.parametrize("fused", [1, 2])
-def test_fused_dq_matches_reference(case, transform, fused):
-    """dQ accumulated by atomic adds in the dK/dV kernel: ragged lengths, GQA, q_offset, queries past the keys."""
-    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
-    _check(case, transform, bwd_config=dataclasses.replace(base, fused_dq=fused))
-
-
-@pytest.mark.parametrize("dkdv_poly", [3, 1])
-def test_fused_dq_far_tiles_and_non_causal(dkdv_poly):
-    window = tb.INTERPRETER_FWD.block_n if not CUDA else tb.DEFAULT_FWD.block_n
-    tk = tb.poly_thresholds(*SI.parameters, window)[0] + 6 * window + 5
-    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
-    fused = dataclasses.replace(base, dkdv_poly=dkdv_poly, fused_dq=1)
-    _check((1, 2, 1, 16, tk, tk - 16, 64), SI, bwd_config=fused)
-    _check(CPU_CASES[1], SI, causal=False, bwd_config=fused)
-
-
 def _model_layout_inputs(b, h, hkv, t, d, dtype, layout):
     """q, k, v as a model hands them over: transposed (B, T, H, D) views, or slices of one fused projection."""
     def leaf(*shape):
@@ -167,20 +148,18 @@ def _model_layout_inputs(b, h, hkv, t, d, dtype, layout):
     return [qkv], [x.transpose(1, 2) for x in views]
 
 
-@pytest.mark.parametrize("fused", [0, 1])
 @pytest.mark.parametrize("layout", ["transposed", "mixed", "qkv-slices"])
 @pytest.mark.parametrize("transform", [SI, LogitTransform("alibi")], ids=["si", "alibi"])
-def test_strided_inputs_as_a_model_passes_them(transform, layout, fused):
+def test_strided_inputs_as_a_model_passes_them(transform, layout):
     """Regressions: (1) the backward's delta = rowsum(O·dO) read O and dO as contiguous, so a transposed output
     gave wrong dQ and dK; (2) dV was stored with dK's strides, so a v laid out unlike k (the GPT's case: q, k
     come fresh out of QK-norm and RoPE, v is a transposed view) got a scrambled dV. Both: relative error ~1."""
     b, h, hkv, t, d = 2, 4, 2, 37, 64
     dtype = DTYPES[0]
-    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
     leaves, (q, k, v) = _model_layout_inputs(b, h, hkv, t, d, dtype, layout)
     assert not v.is_contiguous()
     kw = dict(transform=transform, q_offset=5, causal=True, scale=d**-0.5)
-    out = tb.flash_attention(q, k, v, bwd_config=dataclasses.replace(base, fused_dq=fused), **kw)
+    out = tb.flash_attention(q, k, v, **kw)
     g = torch.randn(out.shape, device=DEVICE)
     grads = torch.autograd.grad(out, leaves, g.to(dtype))
     ref_leaves = [x.detach().float().requires_grad_(True) for x in leaves]
@@ -228,32 +207,9 @@ def test_gpt_gradients_on_the_triton_backend_match_the_reference_backend(method)
                 assert err < 3e-2, f"{key}: relative error {err:.2e}"
 
 
-def test_backward_plan_takes_the_faster_of_split_and_fused(monkeypatch):
-    """While autotuning, the plan is the best fused kernel when it beats the best dK/dV + dQ pair, else the pair."""
-    key = ("plan-test",)
-    monkeypatch.setattr(tb, "interpreted", lambda: False)
-    monkeypatch.setitem(tb._AUTOTUNE, "enabled", True)
-    for fused_ms, want_fused in ((1.0, True), (3.0, False)):
-        times = {"dkdv": 1.5, "dq": 0.8, "fused": fused_ms}
-
-        def fake_pick(kind, key_, candidates, default, run, times=times):
-            tb._TUNED_MS[(kind, *key_)] = times[kind]
-            return candidates[0]
-
-        monkeypatch.setattr(tb, "_pick", fake_pick)
-        tb._TUNED.pop(("bwd", *key), None)
-        dkdv, dq = tb._backward_plan(key, None, None)
-        assert bool(dkdv.fused_dq) is want_fused
-        assert (dq is None) is want_fused
-        assert tb._backward_plan(key, None, None) == (dkdv, dq)  # remembered
-    tb._TUNED.pop(("bwd", *key), None)
-
-
 def test_backward_config_rejects_unknown_polynomial_modes():
     with pytest.raises(ValueError, match="dkdv_poly"):
         tb.BwdConfig(dkdv_poly=2)
-    with pytest.raises(ValueError, match="fused_dq"):
-        tb.BwdConfig(fused_dq=3)
 
 
 @pytest.mark.parametrize("transform", [SI, LogitTransform("alibi"), LogitTransform("none")],
@@ -357,18 +313,10 @@ def test_gpu_every_forward_tuning_candidate(cfg):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", tb.DKDV_CANDIDATES + tb.FUSED_CANDIDATES + tb.DQ_CANDIDATES, ids=repr)
+@pytest.mark.parametrize("cfg", tb.DKDV_CANDIDATES + tb.DQ_CANDIDATES, ids=repr)
 def test_gpu_every_backward_tuning_candidate(cfg):
     """The autotuner may pick any candidate: each one matches the reference over a prefix with far tiles."""
     _check((1, 4, 2, 200, 6000, 5800, 128), SI, dtype=torch.bfloat16, bwd_config=cfg)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
-@pytest.mark.parametrize("case", GPU_CASES, ids=_cid)
-def test_gpu_fused_dq_matches_reference(case, transform):
-    _check(case, transform, dtype=torch.bfloat16, bwd_config=tb.FUSED_CANDIDATES[0])
-    _check(case, transform, dtype=torch.bfloat16, bwd_config=tb.FUSED_CANDIDATES[-1])
 
 
 @pytest.mark.gpu

@@ -81,10 +81,7 @@ class FwdConfig:
 class BwdConfig:
     """Backward tiling: dK/dV programs own ``dkdv_n`` keys and step over ``dkdv_m`` queries; dQ programs own
     ``dq_m`` queries and step over ``dq_n`` keys. ``dkdv_poly``: far-tile polynomials of the dK/dV kernel
-    (3: orders 3/2/1 by distance, 1: order 3 only, one loop and fewer spilled registers, 0: exact everywhere).
-    ``fused_dq``: 0 runs a separate dQ kernel; 1 and 2 have none: the dK/dV kernel adds each tile's dQ share
-    into a float32 buffer with atomic adds (the logits are computed once instead of twice; dQ is then not bitwise
-    reproducible run to run), as a queries × dims product (1) or its transpose (2, a 64-row wgmma)."""
+    (3: orders 3/2/1 by distance, 1: order 3 only, one loop and fewer spilled registers, 0: exact everywhere)."""
 
     dkdv_m: int = 32
     dkdv_n: int = 128
@@ -95,13 +92,10 @@ class BwdConfig:
     dq_warps: int = 8
     dq_stages: int = 3
     dkdv_poly: int = 3
-    fused_dq: int = 0
 
     def __post_init__(self) -> None:
         if self.dkdv_poly not in (0, 1, 3):
             raise ValueError(f"dkdv_poly must be 0, 1 or 3, got {self.dkdv_poly!r}")
-        if self.fused_dq not in (0, 1, 2):
-            raise ValueError(f"fused_dq must be 0 (separate dQ kernel), 1 or 2 (fused), got {self.fused_dq!r}")
 
 
 @dataclass(frozen=True)
@@ -138,13 +132,6 @@ DKDV_CANDIDATES = (
     # the exact transform on every tile: fewer loops and spilled registers; the fastest at 4k on the H200
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=0),
 )
-# dQ by atomic adds in the dK/dV kernel: on the H200 never faster than the split pair (benchmarks/KERNEL-NOTES.md,
-# session 4), kept as candidates for GPUs where atomics are cheaper relative to recomputing the logits
-FUSED_CANDIDATES = (
-    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=3, fused_dq=1),
-    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=0, fused_dq=1),
-    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=1, fused_dq=2),
-)
 DQ_CANDIDATES = (
     BwdConfig(dq_m=128, dq_n=64, dq_warps=8, dq_stages=3),
     BwdConfig(dq_m=128, dq_n=64, dq_warps=8, dq_stages=2),
@@ -154,7 +141,6 @@ DQ_CANDIDATES = (
 )
 _AUTOTUNE = {"enabled": False}
 _TUNED: dict[tuple, object] = {}
-_TUNED_MS: dict[tuple, float] = {}
 
 
 def set_autotune(enabled: bool) -> None:
@@ -191,7 +177,6 @@ def _pick(kind: str, key: tuple, candidates, default, run):
         if ms < best_ms:
             best, best_ms = cfg, ms
     _TUNED[full] = best
-    _TUNED_MS[full] = best_ms
     return best
 
 
@@ -321,8 +306,6 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
 
 def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: BwdConfig | None = None,
               parts: tuple[str, ...] = ("dkdv", "dq")):
-    """(dq, dk, dv). ``cfg`` None: the tuned (or default) plan; ``parts`` limits a split (non-fused) config to
-    the dK/dV or the dQ kernel (for timing them apart); a fused config always computes all three."""
     batch, heads, tq, dim = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     groups = heads // hkv
@@ -343,25 +326,16 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
 
     def launch_dkdv(c: BwdConfig):
         coef, slopes, _, th = _transform_args(transform, scale, c.dkdv_m, q_offset + tq, heads, q.device, causal)
-        # the fused path's buffer has dq's strides, so that the cast below can run over the storage in order
-        dq_acc = torch.zeros_like(dq, dtype=torch.float32) if c.fused_dq else dq
         _k.bwd_dkdv_kernel[(triton.cdiv(tk, c.dkdv_n), batch * hkv)](
-            q, k, v, dout, lse, delta, dk, dv, dq_acc, coef, slopes,
+            q, k, v, dout, lse, delta, dk, dv, coef, slopes,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-            dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2),
             hkv, groups, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], ds_scale,
             *th, HEAD_DIM=dim, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, MODE=mode, CAUSAL=causal,
-            USE_ASM=_use_asm(), POLY=c.dkdv_poly, FUSE_DQ=int(c.fused_dq), num_warps=c.dkdv_warps,
-            num_stages=c.dkdv_stages,
+            USE_ASM=_use_asm(), POLY=c.dkdv_poly, num_warps=c.dkdv_warps, num_stages=c.dkdv_stages,
         )
-        if c.fused_dq:  # dq = DS_SCALE·buffer, cast elementwise over the two (identically laid out) storages
-            if dq_acc.stride() != dq.stride():  # both dense (empty_like), so equal strides = same element order
-                raise AssertionError(f"fused dQ buffer strides {dq_acc.stride()} differ from dq's {dq.stride()}")
-            n = dq_acc.numel()
-            _k.scale_cast_kernel[(triton.cdiv(n, 4096),)](dq_acc, dq, n, ds_scale, BLOCK=4096)
 
     def launch_dq(c: BwdConfig):
         coef, slopes, _, th = _transform_args(transform, scale, c.dq_n, q_offset + tq, heads, q.device, causal)
@@ -376,40 +350,12 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
             USE_ASM=_use_asm(), num_warps=c.dq_warps, num_stages=c.dq_stages,
         )
 
-    if cfg is None:
-        key = (dim, q.dtype, transform.kind, causal, groups, _bucket(tq), _bucket(tk))
-        dkdv_cfg, dq_cfg = _backward_plan(key, launch_dkdv, launch_dq)
-        launch_dkdv(dkdv_cfg)
-        if dq_cfg is not None:
-            launch_dq(dq_cfg)
-    elif cfg.fused_dq:
-        launch_dkdv(cfg)
-    else:
-        if "dkdv" in parts:
-            launch_dkdv(cfg)
-        if "dq" in parts:
-            launch_dq(cfg)
+    key = (dim, q.dtype, transform.kind, causal, groups, _bucket(tq), _bucket(tk))
+    if "dkdv" in parts:
+        launch_dkdv(cfg or _pick("dkdv", key, DKDV_CANDIDATES, DEFAULT_BWD, launch_dkdv))
+    if "dq" in parts:
+        launch_dq(cfg or _pick("dq", key, DQ_CANDIDATES, DEFAULT_BWD, launch_dq))
     return dq, dk, dv
-
-
-def _backward_plan(key: tuple, launch_dkdv, launch_dq) -> tuple[BwdConfig, BwdConfig | None]:
-    """(dK/dV config, dQ config, or None when the first is fused): the default, or, while autotuning, the
-    faster of the best split pair (dK/dV kernel + dQ kernel) and the best fused kernel, timed on these inputs."""
-    if interpreted():
-        return INTERPRETER_BWD, INTERPRETER_BWD
-    full = ("bwd", *key)
-    if full in _TUNED:
-        return _TUNED[full]
-    if not _AUTOTUNE["enabled"]:
-        return DEFAULT_BWD, None if DEFAULT_BWD.fused_dq else DEFAULT_BWD
-    split_default = BwdConfig()
-    dkdv = _pick("dkdv", key, DKDV_CANDIDATES, split_default, launch_dkdv)
-    dq = _pick("dq", key, DQ_CANDIDATES, split_default, launch_dq)
-    fused = _pick("fused", key, FUSED_CANDIDATES, FUSED_CANDIDATES[0], launch_dkdv)
-    split_ms = _TUNED_MS[("dkdv", *key)] + _TUNED_MS[("dq", *key)]
-    plan = (fused, None) if _TUNED_MS[("fused", *key)] < split_ms else (dkdv, dq)
-    _TUNED[full] = plan
-    return plan
 
 
 class _TritonAttention(torch.autograd.Function):
