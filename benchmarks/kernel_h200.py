@@ -7,6 +7,7 @@ Stages (each logs to stdout and writes under $OUT, default ./bench_out):
               inductor's cache for FlexAttention at the benchmark shapes, while the tests run
   tests       pytest tests/backends/test_triton.py and test_backends.py on the GPU (xdist workers)
   accuracy    relative error of forward and gradients against the float32 reference at benchmark-like shapes
+  fwd-variants  every forward tile configuration only (plain, scale-invariant, ALiBi) -> summary.json
   variants    forward / backward tile configurations, lazy vs eager rescaling, polynomial tiles on/off,
               plain and ALiBi kernels, decoding configurations -> variants.json
   bench       ``siattn bench attention --device cuda`` -> kernel-h200.json / kernel-h200.md
@@ -15,6 +16,7 @@ Stages (each logs to stdout and writes under $OUT, default ./bench_out):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -69,7 +71,7 @@ def precompile_jobs():
     jobs, seen = [], set()
     for fwd in tb.FWD_CANDIDATES:
         jobs.append(("scale-invariant", True, 128, "bfloat16", fwd, None, None, ()))
-        plain = (fwd.block_m, fwd.block_n, fwd.num_warps, fwd.num_stages, fwd.lazy)
+        plain = (fwd.block_m, fwd.block_n, fwd.num_warps, fwd.num_stages, fwd.lazy, fwd.static)
         if plain not in seen:  # ``bound`` does not change the plain kernel
             seen.add(plain)
             jobs.append(("none", True, 128, "bfloat16", fwd, None, None, ()))
@@ -230,7 +232,7 @@ def _candidate_accuracy(res):
     log("candidate accuracy, worst relative error per part:", {k_: f"{v_:.2e}" for k_, v_ in worst.items()})
 
 
-def _variants_at(t, b, res, rep_ms):
+def _variants_at(t, b, res, rep_ms, forward_only=False):
     import torch
 
     import siattn.backends.triton as tb
@@ -243,7 +245,8 @@ def _variants_at(t, b, res, rep_ms):
     scale = 128**-0.5
     for kind in ("scale-invariant", "none", "alibi"):
         tr = LogitTransform(kind)
-        for cfg in tb.FWD_CANDIDATES if kind != "alibi" else (tb.DEFAULT_FWD,):
+        alibi_cfgs = (tb.DEFAULT_FWD, dataclasses.replace(tb.DEFAULT_FWD, static=True))
+        for cfg in tb.FWD_CANDIDATES if kind != "alibi" else alibi_cfgs:
             if kind != "scale-invariant" and cfg.bound != tb.DEFAULT_FWD.bound:
                 continue
             try:
@@ -253,6 +256,8 @@ def _variants_at(t, b, res, rep_ms):
                 continue
             res["fwd"].append(dict(T=t, B=b, kind=kind, cfg=repr(cfg), ms=ms, tflops=flops / ms / 1e9))
             log(f"fwd T={t} {kind:16s} {cfg}: {ms:.3f} ms {flops / ms / 1e9:.0f} TF/s")
+    if forward_only:
+        return
     si = LogitTransform("scale-invariant")
     for enabled in (False, True):
         tb.POLY_ENABLED = enabled
@@ -302,6 +307,17 @@ def _decode_variants_at(length, res):
             continue
         res["decode"].append(dict(T=length, cfg=repr(cfg), us=us, gbps=kv / us / 1e3))
         log(f"decode T={length} {cfg}: {us:.1f} us {kv / us / 1e3:.0f} GB/s")
+
+
+def stage_forward_variants(rep_ms=100):
+    """Only the forward tile configurations (every candidate; plain, scale-invariant, ALiBi) at the three sizes."""
+    import torch
+
+    res = {"fwd": []}
+    for t, b in SIZES:
+        _variants_at(t, b, res, rep_ms, forward_only=True)
+        torch.cuda.empty_cache()
+    return res
 
 
 def stage_variants(rep_ms=100):
@@ -358,6 +374,9 @@ def main():
         log("precompile done")
     if "accuracy" in stages:
         summary["accuracy"] = stage_accuracy()
+        (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
+    if "fwd-variants" in stages:
+        summary["fwd_variants"] = stage_forward_variants()
         (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
     if "variants" in stages:
         summary["variants"] = stage_variants()

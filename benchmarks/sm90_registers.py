@@ -26,7 +26,8 @@ from pathlib import Path
 
 POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}
 FLOAT_POINTERS = {"LSE", "DELTA", "COEF", "SLOPES"}
-FLOATS = {"qk_scale", "inv_tau", "A2", "K2", "NEG_GAMMA", "DS_SCALE"}
+FLOATS = {"qk_scale", "inv_tau", "A2", "K2", "NEG_GAMMA", "DS_SCALE", "fixed_limit"}
+POINTERS_I32 = {"FLAGS"}
 MODES = {"none": 0, "si": 1, "alibi": 2}
 
 
@@ -49,6 +50,8 @@ def ptxas_report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> d
             return "constexpr"
         if name in POINTERS:
             return "*bf16"
+        if name in POINTERS_I32:
+            return "*i32"
         if name in FLOAT_POINTERS:
             return "*fp32"
         return "fp32" if name in FLOATS else "i32"
@@ -88,9 +91,10 @@ def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, obj
         common = dict(HEAD_DIM=128, MODE=MODES[mode], CAUSAL=True, USE_ASM=True)
         if "fwd" in kernels:
             for c in tb.FWD_CANDIDATES:
-                const = dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, LAZY=c.lazy, BOUND=c.bound and mode == "si")
+                const = dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, LAZY=c.lazy, BOUND=c.bound and mode == "si",
+                             STATIC=c.static)
                 tiling = (f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages}" + " lazy" * c.lazy
-                          + " bound" * (c.bound and mode == "si"))
+                          + " bound" * (c.bound and mode == "si") + " static" * c.static)
                 out.append(("fwd", mode, tiling, tk.fwd_kernel, const, c.num_warps, c.num_stages))
         if "dkdv" in kernels:
             for c in tb.DKDV_CANDIDATES:

@@ -132,6 +132,37 @@ def test_far_tiles_use_polynomials_and_match_reference(dkdv_poly):
     _check((1, 2, 1, 16, tk, tk - 16, 64), SI, bwd_config=dataclasses.replace(base, dkdv_poly=dkdv_poly))
 
 
+STATIC_FWD = dataclasses.replace(tb.INTERPRETER_FWD if not CUDA else tb.DEFAULT_FWD, static=True, static_min_keys=0)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("case", CPU_CASES, ids=_cid)
+def test_static_offset_forward_matches_reference(case, causal, transform):
+    """The fixed-offset far tiles (``FwdConfig.static``): ragged, GQA, prefixes, queries past the last key; the
+    backward runs on its log-sum-exp, so the gradients check it too."""
+    _check(case, transform, causal=causal, fwd_config=STATIC_FWD)
+
+
+@pytest.mark.parametrize("transform", [SI, LogitTransform("none")], ids=["si", "none"])
+def test_static_offset_recomputes_blocks_whose_far_logits_dominate(transform):
+    """One key far back scores far above everything near the queries (by ~140 in log2 units), so p = 2^(v − m)
+    with the near maximum m as offset would overflow even bf16 (inf/nan out); the kernel must notice (row sum
+    past its limit) and redo those blocks with the online softmax."""
+    b, h, t, d = 1, 2, 600 if CUDA else 70, 64
+    dtype = DTYPES[0]
+    q, k, v = _inputs(b, h, h, t, t, d, dtype, grad=False)
+    direction = torch.zeros(d, device=DEVICE, dtype=dtype)
+    direction[0] = 1
+    q = (0.3 * q + 8 * direction).to(dtype)  # every query leans the same way ...
+    k[:, :, 1] = 100 * direction  # ... towards key 1: 800·d^-0.5·log2(e) = 144 log2 units, far above the rest
+    kw = dict(transform=transform, q_offset=0, causal=True, scale=d**-0.5)
+    ref = reference_attention(q.float(), k.float(), v.float(), **kw)
+    out = tb.flash_attention(q, k, v, fwd_config=STATIC_FWD, **kw)
+    assert torch.isfinite(out).all()
+    assert _rel(out, ref) < FWD_TOL, f"forward error {_rel(out, ref):.2e}"
+
+
 def _model_layout_inputs(b, h, hkv, t, d, dtype, layout):
     """q, k, v as a model hands them over: transposed (B, T, H, D) views, or slices of one fused projection."""
     def leaf(*shape):

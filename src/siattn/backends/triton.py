@@ -67,7 +67,11 @@ class FwdConfig:
     """Forward tiling: BLOCK_M queries × BLOCK_N keys per step. ``lazy``: rescale the accumulator only when a
     row maximum grows by more than 2^8 (a block-wide reduction per tile; slower on the H200). ``bound``: on
     polynomial tiles take the running maximum from an upper bound of the logits (max q·k and the row's range
-    of a_t) instead of materialising them (one operation less per score)."""
+    of a_t) instead of materialising them (one operation less per score). ``static``: the near tiles go first
+    and their running maximum stays the fixed softmax offset on the far tiles (no row maximum or accumulator
+    rescaling there); a block whose far logits exceed it so much that p could overflow the input dtype (by
+    2^64 in bf16, 2^15 in fp16) is recomputed with the online softmax. It costs a second (mostly empty) launch,
+    so it is used from ``static_min_keys`` keys on, where far tiles exist."""
 
     block_m: int = 128
     block_n: int = 64
@@ -75,6 +79,8 @@ class FwdConfig:
     num_stages: int = 3
     lazy: bool = False
     bound: bool = True
+    static: bool = True
+    static_min_keys: int = 1024
 
 
 @dataclass(frozen=True)
@@ -109,19 +115,23 @@ class DecodeConfig:
 DEFAULT_FWD = FwdConfig()
 DEFAULT_BWD = BwdConfig()
 DEFAULT_DECODE = DecodeConfig()
-INTERPRETER_FWD = FwdConfig(16, 16, 1, 1, False, True)
+INTERPRETER_FWD = FwdConfig(16, 16, 1, 1, False, True, False)
 INTERPRETER_BWD = BwdConfig(16, 16, 1, 1, 16, 16, 1, 1)
 INTERPRETER_DECODE = DecodeConfig(16, 1, 1, 1)
 
 # candidates tried by the optional autotuner (``set_autotune(True)``; the benchmark turns it on); the dK/dV and
 # dQ kernels are tuned separately (only the dkdv_* or dq_* fields of a candidate matter)
 FWD_CANDIDATES = (
-    FwdConfig(128, 64, 8, 3, False, True),
-    FwdConfig(128, 64, 8, 3, False, False),
-    FwdConfig(128, 64, 8, 4, False, True),
-    FwdConfig(128, 64, 8, 2, False, True),
-    FwdConfig(128, 128, 8, 2, False, True),
-    FwdConfig(128, 64, 8, 3, True, False),
+    FwdConfig(128, 64, 8, 3, False, True, True),
+    FwdConfig(128, 64, 8, 4, False, True, True),
+    FwdConfig(128, 128, 8, 2, False, True, True),
+    # with the online softmax on every tile (the default before session 5)
+    FwdConfig(128, 64, 8, 3, False, True, False),
+    FwdConfig(128, 64, 8, 3, False, False, False),
+    FwdConfig(128, 64, 8, 4, False, True, False),
+    FwdConfig(128, 64, 8, 2, False, True, False),
+    FwdConfig(128, 128, 8, 2, False, True, False),
+    FwdConfig(128, 64, 8, 3, True, False, False),
 )
 DKDV_CANDIDATES = (
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3),
@@ -286,16 +296,22 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
         coef, slopes, consts, (t1, t2, t3) = _transform_args(transform, scale, c.block_n, q_offset + tq,
                                                               heads, q.device, causal)
         grid = (triton.cdiv(tq, c.block_m), batch * heads)
-        _k.fwd_kernel[grid](
-            q, k, v, out, lse, coef, slopes,
+        static = c.static and tk >= c.static_min_keys
+        flags = torch.empty(grid[0] * grid[1], device=q.device, dtype=torch.int32) if static else lse  # unused
+        args = (
+            q, k, v, out, lse, coef, slopes, flags,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             heads, heads // hkv, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], t1, t2, t3,
-            HEAD_DIM=dim, BLOCK_M=c.block_m, BLOCK_N=c.block_n, MODE=_MODES[transform.kind], CAUSAL=causal,
-            LAZY=c.lazy, BOUND=c.bound and transform.kind == "scale-invariant", USE_ASM=_use_asm(),
-            num_warps=c.num_warps, num_stages=c.num_stages,
+            2.0**64 if q.dtype == torch.bfloat16 else 2.0**15,  # p must fit the dtype of the P·V product
         )
+        const = dict(HEAD_DIM=dim, BLOCK_M=c.block_m, BLOCK_N=c.block_n, MODE=_MODES[transform.kind],
+                     CAUSAL=causal, LAZY=c.lazy, BOUND=c.bound and transform.kind == "scale-invariant",
+                     USE_ASM=_use_asm(), num_warps=c.num_warps, num_stages=c.num_stages)
+        _k.fwd_kernel[grid](*args, STATIC=static, **const)
+        if static:  # the blocks whose fixed offset overflowed, again with the online softmax
+            _k.fwd_kernel[grid](*args, REDO=True, **const)
 
     if cfg is None:
         key = (dim, q.dtype, transform.kind, causal, heads // hkv, _bucket(tq), _bucket(tk))

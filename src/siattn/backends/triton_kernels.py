@@ -127,7 +127,10 @@ def _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi,
                q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
-               CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr):
+               CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
+               FIXED: tl.constexpr = False):
+    """Online-softmax steps over key tiles lo .. hi−1. FIXED: keep the offset m_i as it is (no row maximum, no
+    rescaling; p = 2^(v − m_i) may exceed 1, see ``fwd_kernel``); only for unmasked tiles."""
     tcol = offs_n.to(tl.float32)
     for i in range(lo, hi):
         n0 = i * BLOCK_N
@@ -137,57 +140,72 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_
         else:
             kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None])
         qk = tl.dot(q, kt)
-        if MODE == 1 and ORDER > 0 and BOUND:
-            # far tile: bound the row maximum of v = b·qk − γb² from max(qk) and the row's range of b
-            # (b is monotone in t), so v itself is never materialised: p = 2^(b·(qk − γb) − m)
-            idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
-            c0, c1, c2, c3 = _coefs(COEF, coef_len, idx_row, ORDER)
-            b = _horner(c0, c1, c2, c3, zcol, ORDER)
-            b_lo = c0 - c1 + c2 - c3
-            b_hi = c0 + c1 + c2 + c3
-            q_max = tl.max(qk, 1)
-            b_star = tl.minimum(tl.maximum(q_max * (-0.5 / NEG_GAMMA), tl.minimum(b_lo, b_hi)),
-                                tl.maximum(b_lo, b_hi))
-            m_new = tl.maximum(m_i, b_star * (q_max + NEG_GAMMA * b_star))
-            s = b
-            sc = 1.0
-        elif MODE == 0:
-            s = qk
-            sc = qk_scale
-            m_new = tl.maximum(m_i, tl.max(s, 1) * sc)
+        if FIXED:
+            if MODE == 1 and ORDER > 0:
+                idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
+                c0, c1, c2, c3 = _coefs(COEF, coef_len, idx_row, ORDER)
+                b = _horner(c0, c1, c2, c3, zcol, ORDER)
+                p = tl.math.exp2(b * (qk + NEG_GAMMA * b) - m_i[:, None])
+            elif MODE == 0:
+                p = tl.math.exp2(qk * qk_scale - m_i[:, None])
+            else:
+                trow = (q_offset + offs_m - n0).to(tl.float32)
+                idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
+                s, _b = _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
+                                NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
+                p = tl.math.exp2(s - m_i[:, None])
         else:
-            trow = (q_offset + offs_m - n0).to(tl.float32)
-            idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
-            s, _b = _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
-                            NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
-            sc = 1.0
-            if MASKED:
+            if MODE == 1 and ORDER > 0 and BOUND:
+                # far tile: bound the row maximum of v = b·qk − γb² from max(qk) and the row's range of b
+                # (b is monotone in t), so v itself is never materialised: p = 2^(b·(qk − γb) − m)
+                idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
+                c0, c1, c2, c3 = _coefs(COEF, coef_len, idx_row, ORDER)
+                b = _horner(c0, c1, c2, c3, zcol, ORDER)
+                b_lo = c0 - c1 + c2 - c3
+                b_hi = c0 + c1 + c2 + c3
+                q_max = tl.max(qk, 1)
+                b_star = tl.minimum(tl.maximum(q_max * (-0.5 / NEG_GAMMA), tl.minimum(b_lo, b_hi)),
+                                    tl.maximum(b_lo, b_hi))
+                m_new = tl.maximum(m_i, b_star * (q_max + NEG_GAMMA * b_star))
+                s = b
+                sc = 1.0
+            elif MODE == 0:
+                s = qk
+                sc = qk_scale
+                m_new = tl.maximum(m_i, tl.max(s, 1) * sc)
+            else:
+                trow = (q_offset + offs_m - n0).to(tl.float32)
+                idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
+                s, _b = _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
+                                NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
+                sc = 1.0
+                if MASKED:
+                    vis = offs_k[None, :] < Tk
+                    if CAUSAL:
+                        vis = vis & (offs_k[None, :] <= q_offset + offs_m[:, None])
+                    s = tl.where(vis, s, NEG_INF)
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+            if MODE == 0 and MASKED:
                 vis = offs_k[None, :] < Tk
                 if CAUSAL:
                     vis = vis & (offs_k[None, :] <= q_offset + offs_m[:, None])
                 s = tl.where(vis, s, NEG_INF)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-        if MODE == 0 and MASKED:
-            vis = offs_k[None, :] < Tk
-            if CAUSAL:
-                vis = vis & (offs_k[None, :] <= q_offset + offs_m[:, None])
-            s = tl.where(vis, s, NEG_INF)
-            m_new = tl.maximum(m_i, tl.max(s, 1) * sc)
-        if LAZY:
-            if tl.max(m_new - m_i, 0) > LAZY_THRESHOLD:
+                m_new = tl.maximum(m_i, tl.max(s, 1) * sc)
+            if LAZY:
+                if tl.max(m_new - m_i, 0) > LAZY_THRESHOLD:
+                    alpha = tl.math.exp2(m_i - m_new)
+                    acc = acc * alpha[:, None]
+                    l_i = l_i * alpha
+                    m_i = m_new
+            else:
                 alpha = tl.math.exp2(m_i - m_new)
                 acc = acc * alpha[:, None]
                 l_i = l_i * alpha
                 m_i = m_new
-        else:
-            alpha = tl.math.exp2(m_i - m_new)
-            acc = acc * alpha[:, None]
-            l_i = l_i * alpha
-            m_i = m_new
-        if MODE == 1 and ORDER > 0 and BOUND:
-            p = tl.math.exp2(s * (qk + NEG_GAMMA * s) - m_i[:, None])
-        else:
-            p = tl.math.exp2(s * sc - m_i[:, None])
+            if MODE == 1 and ORDER > 0 and BOUND:
+                p = tl.math.exp2(s * (qk + NEG_GAMMA * s) - m_i[:, None])
+            else:
+                p = tl.math.exp2(s * sc - m_i[:, None])
         l_i += tl.sum(p, 1)
         if MASKED:
             vt = tl.load(v_base + offs_k[:, None] * svn + offs_d[None, :], mask=offs_k[:, None] < Tk, other=0.0)
@@ -203,15 +221,97 @@ def _count_far(x, BLOCK: tl.constexpr):
     return tl.where(x >= 0, x // BLOCK + 1, 0)
 
 
+@triton.jit
+def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2, n3, n_full, n_end,
+                 q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+                 BLOCK_N: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr, LAZY: tl.constexpr,
+                 BOUND: tl.constexpr, USE_ASM: tl.constexpr, STATIC: tl.constexpr):
+    """All key tiles of one query block: far tiles [0, n1), [n1, n2), [n2, n3) with polynomials of order 1, 2, 3
+    (scale-invariant, causal), exact tiles [n3, n_full), masked tiles [n_full, n_end). Without the transform
+    (or not causal) n1 = n2 = 0 and n3 only marks where STATIC's fixed-offset tiles end.
+
+    STATIC: the exact and masked tiles go first (online softmax), then the far tiles keep that running maximum
+    as a fixed offset: no row maximum and no accumulator rescaling on most tiles."""
+    if STATIC:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
+                                   n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                   NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM)
+        if CAUSAL:
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
+                                       n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+                                       K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
+            n_fix = n3
+        else:  # nothing is near: the first full tile sets the offset
+            n_fix = tl.minimum(n3 + 1, n_full)
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
+                                       n_fix, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+                                       K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_fix,
+                                       n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+                                       K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM, True)
+        if CAUSAL:
+            if MODE == 1:
+                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
+                                           n2, n3, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
+                                           A2, K2, NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL, LAZY, BOUND,
+                                           USE_ASM, True)
+                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
+                                           n1, n2, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
+                                           A2, K2, NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL, LAZY, BOUND,
+                                           USE_ASM, True)
+                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
+                                           0, n1, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
+                                           A2, K2, NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND,
+                                           USE_ASM, True)
+            else:
+                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
+                                           0, n3, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
+                                           A2, K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND,
+                                           USE_ASM, True)
+    else:
+        if MODE == 1 and CAUSAL:
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n1,
+                                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                       NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND, USE_ASM)
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
+                                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                       NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL, LAZY, BOUND, USE_ASM)
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2, n3,
+                                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                       NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL, LAZY, BOUND, USE_ASM)
+            n_exact = n3
+        else:
+            n_exact = 0
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_exact,
+                                   n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+                                   K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
+                                   n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                   NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM)
+    return acc, l_i, m_i
+
+
 @triton.jit(do_not_specialize=["Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
-def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES,
+def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                H, G, Tq, Tk, q_offset, coef_len,
-               qk_scale, inv_tau, A2, K2, NEG_GAMMA, T1, T2, T3,
+               qk_scale, inv_tau, A2, K2, NEG_GAMMA, T1, T2, T3, fixed_limit,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
-               CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr):
+               CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
+               STATIC: tl.constexpr = False, REDO: tl.constexpr = False):
+    """Output and log2-sum-exp of one BLOCK_M query block; grid (cdiv(Tq, BLOCK_M), B·H).
+
+    STATIC (see ``_fwd_regimes``): with a fixed offset p = 2^(v − m) exceeds 1 where a far logit is above the
+    near maximum m, which is exact as long as p fits the input dtype for the P·V product. Every p is at most
+    its row sum l, so the program flags its block in FLAGS (int32, one per program) when some row has
+    l >= ``fixed_limit`` (2^64 for bf16, 2^15 for fp16). A second launch with REDO recomputes the flagged
+    blocks with the online softmax on every tile (the others return at once): no host synchronisation, and
+    the result never rests on the assumption."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1)
+    if REDO:  # noqa: SIM102 (a constexpr branch around a run-time one)
+        if tl.load(FLAGS + bh * tl.num_programs(0) + pid_m) == 0:
+            return
     b = bh // H
     h = bh % H
     hk = h // G
@@ -229,9 +329,6 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES,
     half = (BLOCK_N - 1) * 0.5
     zcol = (half - offs_n.to(tl.float32)) / half  # t = i + (BLOCK_N − 1 − j): z = (k − h)/h
 
-    m_i = tl.full([BLOCK_M], NEG_INF, tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     if CAUSAL:
         row_last = tl.minimum(m0 + BLOCK_M, Tq) - 1
         n_end = tl.cdiv(tl.minimum(Tk, q_offset + row_last + 1), BLOCK_N)
@@ -239,35 +336,30 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES,
     else:
         n_end = tl.cdiv(Tk, BLOCK_N)
         n_full = Tk // BLOCK_N
+    n1 = 0
+    n2 = 0
+    n3 = 0
     if MODE == 1 and CAUSAL:
         base_x = q_offset + m0 - BLOCK_N + 1  # tile i has smallest distance base_x − i·BLOCK_N
         n1 = tl.minimum(_count_far(base_x - T1, BLOCK_N), n_full)
         n2 = tl.maximum(tl.minimum(_count_far(base_x - T2, BLOCK_N), n_full), n1)
         n3 = tl.maximum(tl.minimum(_count_far(base_x - T3, BLOCK_N), n_full), n2)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n1,
-                                   q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                                   NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND, USE_ASM)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
-                                   q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                                   NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL, LAZY, BOUND, USE_ASM)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2, n3,
-                                   q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                                   NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL, LAZY, BOUND, USE_ASM)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
-                                   n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
-                                   K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
-    else:
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0,
-                                   n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
-                                   K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
-                               n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                               NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM)
-    out = acc / l_i[:, None]
+    elif CAUSAL:  # plain and ALiBi: no transform to approximate; every full tile but the last counts as far (the
+        n3 = tl.maximum(n_full - 1, 0)  # last one is seen by every row, so STATIC starts from a finite maximum)
+    m_i = tl.full([BLOCK_M], NEG_INF, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    acc, l_i, m_i = _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2, n3,
+                                 n_full, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+                                 K2, NEG_GAMMA, BLOCK_N, MODE, CAUSAL, LAZY, BOUND, USE_ASM, STATIC)
     row_ok = offs_m < Tq
+    out = acc / l_i[:, None]
     tl.store(LSE + bh.to(tl.int64) * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
     tl.store(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * som + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    if STATIC:  # every p is at most its row sum: flag the block if some row sum passed the limit (inf, nan too)
+        worst = tl.max(tl.where(row_ok, l_i, 1.0), 0)
+        tl.store(FLAGS + bh * tl.num_programs(0) + pid_m, ((worst >= fixed_limit) | (worst != worst)).to(tl.int32))
 
 
 # -------------------------------------------------------------------------------------------------- backward
