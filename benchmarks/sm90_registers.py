@@ -26,7 +26,7 @@ from pathlib import Path
 
 POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}
 FLOAT_POINTERS = {"LSE", "DELTA", "COEF", "SLOPES"}
-FLOATS = {"qk_scale", "inv_tau", "A2", "K2", "NEG_GAMMA", "DS_SCALE", "fixed_limit"}
+FLOATS = {"qk_scale", "inv_tau", "A2", "K2", "NEG_GAMMA", "DS_SCALE"}
 POINTERS_I32 = {"FLAGS"}
 MODES = {"none": 0, "si": 1, "alibi": 2}
 

@@ -144,23 +144,37 @@ def test_static_offset_forward_matches_reference(case, causal, transform):
     _check(case, transform, causal=causal, fwd_config=STATIC_FWD)
 
 
+def test_static_offset_config_is_validated():
+    with pytest.raises(ValueError, match="static_min_keys"):
+        tb.FwdConfig(static_min_keys=-1)
+
+
 @pytest.mark.parametrize("transform", [SI, LogitTransform("none")], ids=["si", "none"])
 def test_static_offset_recomputes_blocks_whose_far_logits_dominate(transform):
-    """One key far back scores far above everything near the queries (by ~140 in log2 units), so p = 2^(v − m)
-    with the near maximum m as offset would overflow even bf16 (inf/nan out); the kernel must notice (row sum
-    past its limit) and redo those blocks with the online softmax."""
-    b, h, t, d = 1, 2, 600 if CUDA else 70, 64
+    """One key far back scores far above everything near the queries (by ~144 in log2 units), so p = 2^(v − m)
+    with the near maximum m as offset overflows float32 (inf/nan out); the kernel must notice (a row sum or
+    accumulator not finite) and redo those blocks with the online softmax."""
+    b, h, t, d = 1, 2, 600 if CUDA else 120, 64
     dtype = DTYPES[0]
     q, k, v = _inputs(b, h, h, t, t, d, dtype, grad=False)
     direction = torch.zeros(d, device=DEVICE, dtype=dtype)
     direction[0] = 1
     q = (0.3 * q + 8 * direction).to(dtype)  # every query leans the same way ...
-    k[:, :, 1] = 100 * direction  # ... towards key 1: 800·d^-0.5·log2(e) = 144 log2 units, far above the rest
+    # ... towards one key of the second tile (the farthest tile is part of the online start, so it would set the
+    # offset itself): 800·d^-0.5·log2(e) = 144 log2 units above the rest
+    k[:, :, STATIC_FWD.block_n + 1] = 100 * direction
     kw = dict(transform=transform, q_offset=0, causal=True, scale=d**-0.5)
     ref = reference_attention(q.float(), k.float(), v.float(), **kw)
-    out = tb.flash_attention(q, k, v, fwd_config=STATIC_FWD, **kw)
+    stats = {}
+    out, _ = tb._forward(q, k, v, kw["transform"], 0, True, kw["scale"], STATIC_FWD, stats=stats)
+    assert stats["recomputed"] > 0  # the blocks for which that key lies in a fixed-offset tile
     assert torch.isfinite(out).all()
     assert _rel(out, ref) < FWD_TOL, f"forward error {_rel(out, ref):.2e}"
+    # below static_min_keys the online forward runs alone: nothing to recompute
+    online_only = dataclasses.replace(STATIC_FWD, static_min_keys=t + 1)
+    out, _ = tb._forward(q, k, v, kw["transform"], 0, True, kw["scale"], online_only, stats=stats)
+    assert stats["recomputed"] == 0.0
+    assert _rel(out, ref) < FWD_TOL
 
 
 def _model_layout_inputs(b, h, hkv, t, d, dtype, layout):

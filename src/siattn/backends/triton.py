@@ -67,11 +67,11 @@ class FwdConfig:
     """Forward tiling: BLOCK_M queries × BLOCK_N keys per step. ``lazy``: rescale the accumulator only when a
     row maximum grows by more than 2^8 (a block-wide reduction per tile; slower on the H200). ``bound``: on
     polynomial tiles take the running maximum from an upper bound of the logits (max q·k and the row's range
-    of a_t) instead of materialising them (one operation less per score). ``static``: the near tiles go first
-    and their running maximum stays the fixed softmax offset on the far tiles (no row maximum or accumulator
-    rescaling there); a block whose far logits exceed it so much that p could overflow the input dtype (by
-    2^64 in bf16, 2^15 in fp16) is recomputed with the online softmax. It costs a second (mostly empty) launch,
-    so it is used from ``static_min_keys`` keys on, where far tiles exist."""
+    of a_t) instead of materialising them (one operation less per score). ``static``: the near tiles and the
+    farthest one go first and their running maximum stays the fixed softmax offset on the other far tiles (no
+    row maximum or accumulator rescaling there); a block where some far logit exceeds it so much that p
+    overflows (about 2^127 in bf16, 2^16 in fp16) is recomputed with the online softmax. It costs a second
+    (mostly empty) launch, so it is used from ``static_min_keys`` keys on, where far tiles exist."""
 
     block_m: int = 128
     block_n: int = 64
@@ -81,6 +81,10 @@ class FwdConfig:
     bound: bool = True
     static: bool = True
     static_min_keys: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.static_min_keys < 0:
+            raise ValueError(f"static_min_keys must be >= 0, got {self.static_min_keys!r}")
 
 
 @dataclass(frozen=True)
@@ -286,7 +290,10 @@ def _head_slopes(transform: LogitTransform, num_heads: int, device) -> torch.Ten
 
 
 # ------------------------------------------------------------------------------------------------- forward
-def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None = None):
+def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None = None,
+             stats: dict | None = None):
+    """(out, lse). ``stats``, if given, receives "recomputed": the fraction of query blocks the fixed-offset
+    forward had to recompute online (0.0 when it was not used; reading it synchronises)."""
     batch, heads, tq, dim = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     out = torch.empty_like(q)
@@ -304,7 +311,6 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             heads, heads // hkv, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], t1, t2, t3,
-            2.0**64 if q.dtype == torch.bfloat16 else 2.0**15,  # p must fit the dtype of the P·V product
         )
         const = dict(HEAD_DIM=dim, BLOCK_M=c.block_m, BLOCK_N=c.block_n, MODE=_MODES[transform.kind],
                      CAUSAL=causal, LAZY=c.lazy, BOUND=c.bound and transform.kind == "scale-invariant",
@@ -312,6 +318,8 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
         _k.fwd_kernel[grid](*args, STATIC=static, **const)
         if static:  # the blocks whose fixed offset overflowed, again with the online softmax
             _k.fwd_kernel[grid](*args, REDO=True, **const)
+        if stats is not None:
+            stats["recomputed"] = flags.float().mean().item() if static else 0.0
 
     if cfg is None:
         key = (dim, q.dtype, transform.kind, causal, heads // hkv, _bucket(tq), _bucket(tk))

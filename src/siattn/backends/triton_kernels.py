@@ -230,8 +230,8 @@ def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, off
     (scale-invariant, causal), exact tiles [n3, n_full), masked tiles [n_full, n_end). Without the transform
     (or not causal) n1 = n2 = 0 and n3 only marks where STATIC's fixed-offset tiles end.
 
-    STATIC: the exact and masked tiles go first (online softmax), then the far tiles keep that running maximum
-    as a fixed offset: no row maximum and no accumulator rescaling on most tiles."""
+    STATIC: the masked, exact and farthest tiles go first (online softmax), then the other far tiles keep that
+    running maximum as a fixed offset: no row maximum and no accumulator rescaling on most tiles."""
     if STATIC:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
                                    n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
@@ -240,7 +240,11 @@ def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, off
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
                                        n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
                                        K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
-            n_fix = n3
+            # and the farthest tile (the largest a_t, so the widest logits): a sample of the far maxima
+            n0 = tl.minimum(n3, 1)
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n0,
+                                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                       NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
         else:  # nothing is near: the first full tile sets the offset
             n_fix = tl.minimum(n3 + 1, n_full)
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
@@ -252,20 +256,20 @@ def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, off
         if CAUSAL:
             if MODE == 1:
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
-                                           n2, n3, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
-                                           A2, K2, NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL, LAZY, BOUND,
-                                           USE_ASM, True)
+                                           tl.maximum(n2, n0), n3, q_offset, Tk, COEF, coef_len, zcol, slope2,
+                                           qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL,
+                                           LAZY, BOUND, USE_ASM, True)
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
-                                           n1, n2, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
-                                           A2, K2, NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL, LAZY, BOUND,
-                                           USE_ASM, True)
+                                           tl.maximum(n1, n0), n2, q_offset, Tk, COEF, coef_len, zcol, slope2,
+                                           qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL,
+                                           LAZY, BOUND, USE_ASM, True)
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
-                                           0, n1, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
+                                           n0, n1, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
                                            A2, K2, NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND,
                                            USE_ASM, True)
             else:
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
-                                           0, n3, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
+                                           n0, n3, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
                                            A2, K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND,
                                            USE_ASM, True)
     else:
@@ -295,18 +299,18 @@ def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, off
 def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                H, G, Tq, Tk, q_offset, coef_len,
-               qk_scale, inv_tau, A2, K2, NEG_GAMMA, T1, T2, T3, fixed_limit,
+               qk_scale, inv_tau, A2, K2, NEG_GAMMA, T1, T2, T3,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
                CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
                STATIC: tl.constexpr = False, REDO: tl.constexpr = False):
     """Output and log2-sum-exp of one BLOCK_M query block; grid (cdiv(Tq, BLOCK_M), B·H).
 
     STATIC (see ``_fwd_regimes``): with a fixed offset p = 2^(v − m) exceeds 1 where a far logit is above the
-    near maximum m, which is exact as long as p fits the input dtype for the P·V product. Every p is at most
-    its row sum l, so the program flags its block in FLAGS (int32, one per program) when some row has
-    l >= ``fixed_limit`` (2^64 for bf16, 2^15 for fp16). A second launch with REDO recomputes the flagged
-    blocks with the online softmax on every tile (the others return at once): no host synchronisation, and
-    the result never rests on the assumption."""
+    offset m; that is exact as long as nothing overflows (p in float32 and as the bf16/fp16 operand of P·V, the
+    row sum l, the accumulator). An overflow leaves an inf or nan in l or the accumulator, so the program flags
+    its block in FLAGS (int32, one per program) when either is not finite at the end. A second launch with REDO
+    recomputes the flagged blocks with the online softmax on every tile (the other programs return after one
+    load): no host synchronisation, and the result never rests on the fixed offset."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1)
     if REDO:  # noqa: SIM102 (a constexpr branch around a run-time one)
@@ -357,9 +361,11 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
     tl.store(LSE + bh.to(tl.int64) * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
     tl.store(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * som + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=row_ok[:, None])
-    if STATIC:  # every p is at most its row sum: flag the block if some row sum passed the limit (inf, nan too)
-        worst = tl.max(tl.where(row_ok, l_i, 1.0), 0)
-        tl.store(FLAGS + bh * tl.num_programs(0) + pid_m, ((worst >= fixed_limit) | (worst != worst)).to(tl.int32))
+    if STATIC:  # an overflow of the fixed offset leaves inf or nan (each fails "< inf") in l or acc; checked
+        # element by element, since max() would drop a nan
+        bad = tl.max((~(tl.abs(l_i) < float("inf"))).to(tl.int32), 0)
+        bad = tl.maximum(bad, tl.max(tl.max((~(tl.abs(acc) < float("inf"))).to(tl.int32), 1), 0))
+        tl.store(FLAGS + bh * tl.num_programs(0) + pid_m, bad)
 
 
 # -------------------------------------------------------------------------------------------------- backward
