@@ -245,7 +245,7 @@ def _variants_at(t, b, res, rep_ms, forward_only=False):
     scale = 128**-0.5
     for kind in ("scale-invariant", "none", "alibi"):
         tr = LogitTransform(kind)
-        alibi_cfgs = (tb.DEFAULT_FWD, dataclasses.replace(tb.DEFAULT_FWD, static=True))
+        alibi_cfgs = [dataclasses.replace(tb.DEFAULT_FWD, static=static) for static in (False, True)]
         for cfg in tb.FWD_CANDIDATES if kind != "alibi" else alibi_cfgs:
             if kind != "scale-invariant" and cfg.bound != tb.DEFAULT_FWD.bound:
                 continue
@@ -309,25 +309,21 @@ def _decode_variants_at(length, res):
         log(f"decode T={length} {cfg}: {us:.1f} us {kv / us / 1e3:.0f} GB/s")
 
 
-def stage_forward_variants(rep_ms=100):
-    """Only the forward tile configurations (every candidate; plain, scale-invariant, ALiBi) at the three sizes."""
+def stage_variants(rep_ms=100, forward_only=False):
+    """Every tile configuration at the three sizes; ``forward_only``: the forward ones alone (plain,
+    scale-invariant, ALiBi), without the candidate accuracy, backward and decoding parts."""
     import torch
 
-    res = {"fwd": []}
+    if forward_only:
+        res = {"fwd": []}
+    else:
+        res = {"fwd": [], "bwd": [], "poly": [], "decode": [], "candidate_accuracy": []}
+        _candidate_accuracy(res["candidate_accuracy"])
     for t, b in SIZES:
-        _variants_at(t, b, res, rep_ms, forward_only=True)
+        _variants_at(t, b, res, rep_ms, forward_only)
         torch.cuda.empty_cache()
-    return res
-
-
-def stage_variants(rep_ms=100):
-    import torch
-
-    res = {"fwd": [], "bwd": [], "poly": [], "decode": [], "candidate_accuracy": []}
-    _candidate_accuracy(res["candidate_accuracy"])
-    for t, b in SIZES:
-        _variants_at(t, b, res, rep_ms)
-        torch.cuda.empty_cache()
+    if forward_only:
+        return res
     for length in (65536,):
         _decode_variants_at(length, res)
         torch.cuda.empty_cache()
@@ -376,7 +372,7 @@ def main():
         summary["accuracy"] = stage_accuracy()
         (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
     if "fwd-variants" in stages:
-        summary["fwd_variants"] = stage_forward_variants()
+        summary["fwd_variants"] = stage_variants(forward_only=True)
         (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
     if "variants" in stages:
         summary["variants"] = stage_variants()
