@@ -8,6 +8,8 @@ Stages (each logs to stdout and writes under $OUT, default ./bench_out):
   tests       pytest tests/backends/test_triton.py and test_backends.py on the GPU (xdist workers)
   accuracy    relative error of forward and gradients against the float32 reference at benchmark-like shapes
   fwd-variants  every forward tile configuration only (plain, scale-invariant, ALiBi) -> summary.json
+  order       the program order (heads per section: 1 = head by head, 0 = chosen from the shape, all heads) and
+              the backward's early dP, default tiles, forward / dK/dV / dQ -> order.json
   variants    forward / backward tile configurations, lazy vs eager rescaling, polynomial tiles on/off,
               plain and ALiBi kernels, decoding configurations -> variants.json
   bench       ``siattn bench attention --device cuda`` -> kernel-h200.json / kernel-h200.md
@@ -80,6 +82,8 @@ def precompile_jobs():
     for bwd in tb.DQ_CANDIDATES:
         jobs.append(("scale-invariant", True, 128, "bfloat16", tb.DEFAULT_FWD, bwd, None, ("dq",)))
     jobs.append(("none", True, 128, "bfloat16", tb.DEFAULT_FWD, tb.DEFAULT_BWD, None, ("dkdv", "dq")))
+    late_dp = dataclasses.replace(tb.DEFAULT_BWD, early_dp=False)
+    jobs.append(("none", True, 128, "bfloat16", tb.DEFAULT_FWD, late_dp, None, ("dkdv", "dq")))
     jobs.append(("alibi", True, 128, "bfloat16", tb.DEFAULT_FWD, tb.DEFAULT_BWD, None, ("dkdv", "dq")))
     for dec in DECODE_VARIANTS:
         jobs.append(("scale-invariant", True, 128, "bfloat16", None, None, dec, ()))
@@ -330,6 +334,52 @@ def stage_variants(rep_ms=100, forward_only=False):
     return res
 
 
+def _order_at(t, b, record, rep_ms):
+    import torch
+
+    import siattn.backends.triton as tb
+    from siattn.backends.transforms import LogitTransform
+
+    torch.manual_seed(t)
+    q, k, v = (torch.randn(b, 6, t, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    scale = 128**-0.5
+    sections = (1, 0, b * 6)
+    for kind in ("scale-invariant", "none"):
+        tr = LogitTransform(kind)
+        fwd_cfgs = [(dataclasses.replace(tb.DEFAULT_FWD, section=sec), sec, True) for sec in sections]
+        fwd_cfgs.append((dataclasses.replace(tb.DEFAULT_FWD, static=False), 0, False))
+        for cfg, sec, static in fwd_cfgs:
+            ms = _time(lambda cfg=cfg, tr=tr: tb._forward(q, k, v, tr, 0, True, scale, cfg), rep_ms)
+            record(T=t, B=b, kind=kind, part="fwd", section=sec, static=static, ms=ms)
+        out, lse = tb._forward(q, k, v, tr, 0, True, scale, tb.DEFAULT_FWD)
+        dout = torch.randn_like(out)
+        for early in (False, True):
+            for sec in sections:
+                cfg = dataclasses.replace(tb.DEFAULT_BWD, early_dp=early, section=sec)
+                for part in ("dkdv", "dq"):
+                    def fn(cfg=cfg, part=part, out=out, lse=lse, dout=dout, tr=tr):
+                        return tb._backward(q, k, v, out, lse, dout, tr, 0, True, scale, cfg, parts=(part,))
+                    record(T=t, B=b, kind=kind, part=part, section=sec, early_dp=early, ms=_time(fn, rep_ms))
+
+
+def stage_order(rep_ms=100):
+    """Forward, dK/dV and dQ times with the default tiles under each program order (``section``) and, for the
+    backward, with dP issued early or after P. Rows of ``section`` 1 with late dP are the order of session 5."""
+    import torch
+
+    rows = []
+
+    def record(**row):
+        rows.append(row)
+        log("order", " ".join(f"{k_}={v_:.3f}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in row.items()))
+
+    for t, b in SIZES:
+        _order_at(t, b, record, rep_ms)
+        torch.cuda.empty_cache()
+        (OUT / "order.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def stage_bench(extra_args):
     cmd = [sys.executable, "-m", "siattn", "bench", "attention", "--device", "cuda",
            "--out", str(OUT / "kernel-h200.json"), "--md", str(OUT / "kernel-h200.md"), *extra_args]
@@ -373,6 +423,9 @@ def main():
         (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
     if "fwd-variants" in stages:
         summary["fwd_variants"] = stage_variants(forward_only=True)
+        (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
+    if "order" in stages:
+        summary["order"] = stage_order()
         (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
     if "variants" in stages:
         summary["variants"] = stage_variants()

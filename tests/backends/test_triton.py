@@ -132,6 +132,13 @@ def test_far_tiles_use_polynomials_and_match_reference(dkdv_poly):
     _check((1, 2, 1, 16, tk, tk - 16, 64), SI, bwd_config=dataclasses.replace(base, dkdv_poly=dkdv_poly))
 
 
+@pytest.mark.parametrize("transform", [SI, LogitTransform("alibi")], ids=["si", "alibi"])
+def test_backward_with_dp_after_p_matches_reference(transform):
+    """``BwdConfig.early_dp = False``: dP = dO·Vᵀ issued after P (the order before session 6)."""
+    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
+    _check(CPU_CASES[1], transform, bwd_config=dataclasses.replace(base, early_dp=False))
+
+
 STATIC_FWD = dataclasses.replace(tb.INTERPRETER_FWD if not CUDA else tb.DEFAULT_FWD, static=True, static_min_keys=0)
 
 
@@ -147,6 +154,29 @@ def test_static_offset_forward_matches_reference(case, causal, transform):
 def test_static_offset_config_is_validated():
     with pytest.raises(ValueError, match="static_min_keys"):
         tb.FwdConfig(static_min_keys=-1)
+
+
+@pytest.mark.parametrize("section", [1, 4, 5, 0])
+def test_every_program_order_computes_every_tile_once(section):
+    """The kernels' grids walk (tile, head) pairs in groups of ``section`` heads; where that does not divide the
+    heads, the last group's surplus programs return at once (12 query heads: 4+4+4, 5+5+2; 6 kv heads for
+    dK/dV: 4+2, 5+1). A pair skipped or done twice leaves part of the output or of a gradient unwritten; a
+    surplus program that did not return would write past the last head. 0 chooses the group from the shape."""
+    t = 200 if CUDA else 40  # several query and key tiles
+    base_bwd = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
+    _check((2, 6, 3, t, t, 0, 64), SI, fwd_config=dataclasses.replace(STATIC_FWD, section=section),
+           bwd_config=dataclasses.replace(base_bwd, section=section))
+
+
+def test_heads_per_section_fills_two_waves_and_validates():
+    assert tb.heads_per_section(32, 48, 132) == 9  # 4k queries in 128-row tiles, B·H = 48: 288 programs
+    assert tb.heads_per_section(512, 6, 132) == 1  # 64k: one head alone is 3.9 waves
+    assert tb.heads_per_section(8, 4, 132) == 4  # never more heads than there are
+    with pytest.raises(ValueError, match="n_tiles"):
+        tb.heads_per_section(0, 4, 132)
+    for config in (tb.FwdConfig, tb.BwdConfig):
+        with pytest.raises(ValueError, match="section"):
+            config(section=-1)
 
 
 @pytest.mark.parametrize("transform", [SI, LogitTransform("none")], ids=["si", "none"])

@@ -71,7 +71,8 @@ class FwdConfig:
     farthest one go first and their running maximum stays the fixed softmax offset on the other far tiles (no
     row maximum or accumulator rescaling there); a block where some far logit exceeds it so much that p
     overflows (about 2^127 in bf16, 2^16 in fp16) is recomputed with the online softmax. It costs a second
-    (mostly empty) launch, so it is used from ``static_min_keys`` keys on, where far tiles exist."""
+    (mostly empty) launch, so it is used from ``static_min_keys`` keys on, where far tiles exist.
+    ``section``: the program order (see :func:`heads_per_section`; 0 picks it from the shape)."""
 
     block_m: int = 128
     block_n: int = 64
@@ -81,17 +82,22 @@ class FwdConfig:
     bound: bool = True
     static: bool = True
     static_min_keys: int = 1024
+    section: int = 0
 
     def __post_init__(self) -> None:
         if self.static_min_keys < 0:
             raise ValueError(f"static_min_keys must be >= 0, got {self.static_min_keys!r}")
+        _check_section(self.section)
 
 
 @dataclass(frozen=True)
 class BwdConfig:
     """Backward tiling: dK/dV programs own ``dkdv_n`` keys and step over ``dkdv_m`` queries; dQ programs own
     ``dq_m`` queries and step over ``dq_n`` keys. ``dkdv_poly``: far-tile polynomials of the dK/dV kernel
-    (3: orders 3/2/1 by distance, 1: order 3 only, one loop and fewer spilled registers, 0: exact everywhere)."""
+    (3: orders 3/2/1 by distance, 1: order 3 only, one loop and fewer spilled registers, 0: exact everywhere).
+    ``early_dp``: both kernels issue dP = dO·Vᵀ together with S = Q·Kᵀ (one wait for both products and one
+    stretch of elementwise work per tile) instead of after P. ``section``: the program order of both kernels
+    (see :func:`heads_per_section`; 0 picks it from the shape)."""
 
     dkdv_m: int = 32
     dkdv_n: int = 128
@@ -102,10 +108,18 @@ class BwdConfig:
     dq_warps: int = 8
     dq_stages: int = 3
     dkdv_poly: int = 3
+    early_dp: bool = True
+    section: int = 0
 
     def __post_init__(self) -> None:
         if self.dkdv_poly not in (0, 1, 3):
             raise ValueError(f"dkdv_poly must be 0, 1 or 3, got {self.dkdv_poly!r}")
+        _check_section(self.section)
+
+
+def _check_section(section: int) -> None:
+    if not isinstance(section, int) or section < 0:
+        raise ValueError(f"section must be an int >= 0 (0: chosen from the shape, 1: head by head), got {section!r}")
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,9 @@ DKDV_CANDIDATES = (
     BwdConfig(dkdv_m=32, dkdv_n=64, dkdv_warps=4, dkdv_stages=2),
     # the exact transform on every tile: fewer loops and spilled registers; the fastest at 4k on the H200
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=0),
+    # dP after P, the order before session 6
+    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, early_dp=False),
+    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=0, early_dp=False),
 )
 DQ_CANDIDATES = (
     BwdConfig(dq_m=128, dq_n=64, dq_warps=8, dq_stages=3),
@@ -152,6 +169,7 @@ DQ_CANDIDATES = (
     BwdConfig(dq_m=128, dq_n=32, dq_warps=8, dq_stages=3),
     BwdConfig(dq_m=128, dq_n=128, dq_warps=8, dq_stages=2),
     BwdConfig(dq_m=64, dq_n=64, dq_warps=4, dq_stages=3),
+    BwdConfig(dq_m=128, dq_n=64, dq_warps=8, dq_stages=3, early_dp=False),  # dP after P (before session 6)
 )
 _AUTOTUNE = {"enabled": False}
 _TUNED: dict[tuple, object] = {}
@@ -289,6 +307,27 @@ def _head_slopes(transform: LogitTransform, num_heads: int, device) -> torch.Ten
     return _slopes(num_heads if transform.kind == "alibi" else 1, str(device))
 
 
+# ------------------------------------------------------------------------------------------- program order
+SECTION_WAVES = 2  # a group of heads holds at least this many waves of programs (one program per SM each)
+
+
+def heads_per_section(n_tiles: int, n_heads: int, sms: int) -> int:
+    """How many heads the kernels interleave (``_schedule`` in triton_kernels): causal tiles differ up to 2× in
+    work, so the programs start longest tile first across a group of heads, and the group is the smallest one
+    with ``SECTION_WAVES`` waves of programs (its keys stay in L2 together; 1 = head by head, the old order)."""
+    if n_tiles < 1 or n_heads < 1 or sms < 1:
+        raise ValueError(f"n_tiles, n_heads and sms must be >= 1, got {n_tiles}, {n_heads}, {sms}")
+    return max(1, min(n_heads, math.ceil(SECTION_WAVES * sms / n_tiles)))
+
+
+def _grid(section: int, n_tiles: int, n_heads: int, device: torch.device) -> tuple[int, int, int]:
+    """Launch grid (heads per section, tiles, sections) of ``_schedule``; ``section`` 0 picks it from the shape."""
+    if not section:
+        section = heads_per_section(n_tiles, n_heads, _sm_count(str(device)))
+    section = min(section, n_heads)
+    return section, n_tiles, math.ceil(n_heads / section)
+
+
 # ------------------------------------------------------------------------------------------------- forward
 def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None = None,
              stats: dict | None = None):
@@ -302,14 +341,15 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
     def launch(c: FwdConfig):
         coef, slopes, consts, (t1, t2, t3) = _transform_args(transform, scale, c.block_n, q_offset + tq,
                                                               heads, q.device, causal)
-        grid = (triton.cdiv(tq, c.block_m), batch * heads)
+        n_blocks = triton.cdiv(tq, c.block_m)
+        grid = _grid(c.section, n_blocks, batch * heads, q.device)
         static = c.static and tk >= c.static_min_keys
-        flags = torch.empty(grid[0] * grid[1], device=q.device, dtype=torch.int32) if static else lse  # unused
+        flags = torch.empty(n_blocks * batch * heads, device=q.device, dtype=torch.int32) if static else lse
         args = (
             q, k, v, out, lse, coef, slopes, flags,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            heads, heads // hkv, tq, tk, q_offset, coef.shape[1],
+            batch * heads, heads, heads // hkv, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], t1, t2, t3,
         )
         const = dict(HEAD_DIM=dim, BLOCK_M=c.block_m, BLOCK_N=c.block_n, MODE=_MODES[transform.kind],
@@ -350,28 +390,29 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
 
     def launch_dkdv(c: BwdConfig):
         coef, slopes, _, th = _transform_args(transform, scale, c.dkdv_m, q_offset + tq, heads, q.device, causal)
-        _k.bwd_dkdv_kernel[(triton.cdiv(tk, c.dkdv_n), batch * hkv)](
+        _k.bwd_dkdv_kernel[_grid(c.section, triton.cdiv(tk, c.dkdv_n), batch * hkv, q.device)](
             q, k, v, dout, lse, delta, dk, dv, coef, slopes,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-            hkv, groups, tq, tk, q_offset, coef.shape[1],
+            batch * hkv, hkv, groups, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], ds_scale,
             *th, HEAD_DIM=dim, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, MODE=mode, CAUSAL=causal,
-            USE_ASM=_use_asm(), POLY=c.dkdv_poly, num_warps=c.dkdv_warps, num_stages=c.dkdv_stages,
+            USE_ASM=_use_asm(), POLY=c.dkdv_poly, EARLY_DP=c.early_dp, num_warps=c.dkdv_warps,
+            num_stages=c.dkdv_stages,
         )
 
     def launch_dq(c: BwdConfig):
         coef, slopes, _, th = _transform_args(transform, scale, c.dq_n, q_offset + tq, heads, q.device, causal)
-        _k.bwd_dq_kernel[(triton.cdiv(tq, c.dq_m), batch * heads)](
+        _k.bwd_dq_kernel[_grid(c.section, triton.cdiv(tq, c.dq_m), batch * heads, q.device)](
             q, k, v, dout, lse, delta, dq, coef, slopes,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2),
-            heads, groups, tq, tk, q_offset, coef.shape[1],
+            batch * heads, heads, groups, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], ds_scale,
             *th, HEAD_DIM=dim, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n, MODE=mode, CAUSAL=causal,
-            USE_ASM=_use_asm(), num_warps=c.dq_warps, num_stages=c.dq_stages,
+            USE_ASM=_use_asm(), EARLY_DP=c.early_dp, num_warps=c.dq_warps, num_stages=c.dq_stages,
         )
 
     key = (dim, q.dtype, transform.kind, causal, groups, _bucket(tq), _bucket(tk))

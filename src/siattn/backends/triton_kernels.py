@@ -122,18 +122,37 @@ def _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv
     return v, b
 
 
+@triton.jit
+def _schedule(LONGEST_LAST: tl.constexpr):
+    """(tile, head) of this program in a grid (SECTION, n_tiles, cdiv(n_heads, SECTION)); head may reach past the
+    last one (the caller returns then).
+
+    Causal tiles differ in length (a query tile's work grows with its index, a key tile's shrinks), and a GPU
+    starts programs in grid order (axis 0 fastest), so the order decides how long the last wave idles. Heads are
+    taken SECTION at a time (a group whose keys stay in L2 together); within a group the programs go longest tile
+    first, all of the group's heads at each tile, so the last programs to start are the shortest. SECTION = 1 is
+    head by head. Every index is a program id, which the compiler may re-read instead of keeping a register."""
+    head = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
+    if LONGEST_LAST:  # noqa: SIM108 (a constexpr branch: only the taken side is compiled)
+        tile = tl.num_programs(1) - 1 - tl.program_id(1)
+    else:
+        tile = tl.program_id(1)
+    return tile, head
+
+
 # --------------------------------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi,
                q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
                CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
-               FIXED: tl.constexpr = False):
-    """Online-softmax steps over key tiles lo .. hi−1. FIXED: keep the offset m_i as it is (no row maximum, no
-    rescaling; p = 2^(v − m_i) may exceed 1, see ``fwd_kernel``); only for unmasked tiles."""
+               FIXED: tl.constexpr = False, first_real=-1):
+    """Online-softmax steps over key tiles lo .. hi−1; steps i < first_real run tile 0 instead (a sample of the
+    farthest keys inside another loop). FIXED: keep the offset m_i as it is (no row maximum, no rescaling;
+    p = 2^(v − m_i) may exceed 1, see ``fwd_kernel``); only for unmasked tiles."""
     tcol = offs_n.to(tl.float32)
     for i in range(lo, hi):
-        n0 = i * BLOCK_N
+        n0 = tl.where(i < first_real, 0, i) * BLOCK_N
         offs_k = n0 + offs_n
         if MASKED:
             kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None], mask=offs_k[None, :] < Tk, other=0.0)
@@ -230,21 +249,21 @@ def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, off
     (scale-invariant, causal), exact tiles [n3, n_full), masked tiles [n_full, n_end). Without the transform
     (or not causal) n1 = n2 = 0 and n3 only marks where STATIC's fixed-offset tiles end.
 
-    STATIC: the masked, exact and farthest tiles go first (online softmax), then the other far tiles keep that
-    running maximum as a fixed offset: no row maximum and no accumulator rescaling on most tiles."""
+    STATIC: the masked, exact and farthest tiles go first (online softmax; the farthest one inside the exact
+    tiles' loop), then the other far tiles keep that running maximum as a fixed offset: no row maximum and no
+    accumulator rescaling on most tiles."""
     if STATIC:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
                                    n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
                                    NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM)
         if CAUSAL:
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
-                                       n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
-                                       K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
-            # and the farthest tile (the largest a_t, so the widest logits): a sample of the far maxima
+            # the near tiles [n3, n_full), preceded by the farthest tile (the largest a_t, so the widest logits)
+            # as a sample of the far maxima: its step i = n3 − 1 runs tile 0 (one loop, one pipeline fill)
             n0 = tl.minimum(n3, 1)
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n0,
-                                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                                       NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3 - n0,
+                                       n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+                                       K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM,
+                                       False, n3)
         else:  # nothing is near: the first full tile sets the offset
             n_fix = tl.minimum(n3 + 1, n_full)
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
@@ -295,15 +314,16 @@ def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, off
     return acc, l_i, m_i
 
 
-@triton.jit(do_not_specialize=["Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
+@triton.jit(do_not_specialize=["BH", "Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
 def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
-               H, G, Tq, Tk, q_offset, coef_len,
+               BH, H, G, Tq, Tk, q_offset, coef_len,
                qk_scale, inv_tau, A2, K2, NEG_GAMMA, T1, T2, T3,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
                CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
                STATIC: tl.constexpr = False, REDO: tl.constexpr = False):
-    """Output and log2-sum-exp of one BLOCK_M query block; grid (cdiv(Tq, BLOCK_M), B·H).
+    """Output and log2-sum-exp of one BLOCK_M query block; grid (SECTION, cdiv(Tq, BLOCK_M), cdiv(B·H, SECTION))
+    (``_schedule``: the last query blocks, the longest causal rows, first).
 
     STATIC (see ``_fwd_regimes``): with a fixed offset p = 2^(v − m) exceeds 1 where a far logit is above the
     offset m; that is exact as long as nothing overflows (p in float32 and as the bf16/fp16 operand of P·V, the
@@ -311,10 +331,12 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
     its block in FLAGS (int32, one per program) when either is not finite at the end. A second launch with REDO
     recomputes the flagged blocks with the online softmax on every tile (the other programs return after one
     load): no host synchronisation, and the result never rests on the fixed offset."""
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
-    bh = tl.program_id(1)
+    n_blocks = tl.num_programs(1)
+    pid_m, bh = _schedule(True)
+    if bh >= BH:
+        return
     if REDO:  # noqa: SIM102 (a constexpr branch around a run-time one)
-        if tl.load(FLAGS + bh * tl.num_programs(0) + pid_m) == 0:
+        if tl.load(FLAGS + bh * n_blocks + pid_m) == 0:
             return
     b = bh // H
     h = bh % H
@@ -365,7 +387,7 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
         # element by element, since max() would drop a nan
         bad = tl.max((~(tl.abs(l_i) < float("inf"))).to(tl.int32), 0)
         bad = tl.maximum(bad, tl.max(tl.max((~(tl.abs(acc) < float("inf"))).to(tl.int32), 1), 0))
-        tl.store(FLAGS + bh * tl.num_programs(0) + pid_m, bad)
+        tl.store(FLAGS + bh * n_blocks + pid_m, bad)
 
 
 # -------------------------------------------------------------------------------------------------- backward
@@ -390,8 +412,10 @@ def bwd_preprocess_kernel(O, DO, DELTA, sob, soh, som, sdob, sdoh, sdom, H, T, n
 def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n, offs_mb, offs_d, lo, hi,
                 q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                 BLOCK_M: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
-                CAUSAL: tl.constexpr, USE_ASM: tl.constexpr):
-    """Accumulate dK, dV of one key tile (rows = keys) over query tiles lo .. hi−1 (columns = queries)."""
+                CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, EARLY_DP: tl.constexpr):
+    """Accumulate dK, dV of one key tile (rows = keys) over query tiles lo .. hi−1 (columns = queries).
+    EARLY_DP: issue dPᵀ = V·dOᵀ right after Sᵀ = K·Qᵀ, so one wait covers both products and the elementwise
+    work runs in one stretch (else dPᵀ follows the dV update, with a second wait)."""
     tcol = -offs_mb.to(tl.float32)  # t = (q_offset + m0 − n) + j
     for i in range(lo, hi):
         m0 = i * BLOCK_M
@@ -400,6 +424,9 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, 
         qt = tl.load(q_base + offs_m[None, :] * sqm + offs_d[:, None], mask=row_ok[None, :], other=0.0)
         lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
         sT = tl.dot(k, qt)
+        if EARLY_DP:
+            do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            dpT = tl.dot(v, tl.trans(do))
         trow = (q_offset + m0 - offs_n).to(tl.float32)
         idx_row = q_offset + m0 - offs_n
         vT, bT = _logits(sT, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
@@ -408,10 +435,12 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, 
         if MASKED:
             vis = offs_m[None, :] + q_offset >= offs_n[:, None]
             pT = tl.where(vis, pT, 0.0)
-        do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        if not EARLY_DP:
+            do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
         dv = tl.dot(pT.to(do.dtype), do, dv)
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
-        dpT = tl.dot(v, tl.trans(do))
+        if not EARLY_DP:
+            dpT = tl.dot(v, tl.trans(do))
         dsT = pT * (dpT - delta[None, :])
         if MODE == 1:
             dsT = dsT * bT
@@ -427,20 +456,23 @@ def _first_tile_at(y, BLOCK: tl.constexpr):
     return tl.where(y > 0, (y + BLOCK - 1) // BLOCK, 0)
 
 
-@triton.jit(do_not_specialize=["Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
+@triton.jit(do_not_specialize=["BHkv", "Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
 def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, COEF, SLOPES,
                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdkb, sdkh, sdkn,
-                    sdvb, sdvh, sdvn, Hkv, G, Tq, Tk, q_offset, coef_len,
+                    sdvb, sdvh, sdvn, BHkv, Hkv, G, Tq, Tk, q_offset, coef_len,
                     qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
-                    CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, POLY: tl.constexpr = 3):
-    """One program per (key tile, batch·kv head): dK, dV summed over the G query heads of the group.
+                    CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, POLY: tl.constexpr = 3,
+                    EARLY_DP: tl.constexpr = True):
+    """One program per (key tile, batch·kv head), ordered by ``_schedule``: dK, dV summed over the G query heads
+    of the group.
 
     Far query tiles (scale-invariant, causal) take a_t from polynomials: POLY = 3 uses orders 3, 2, 1 as the
     distance grows (three loops: least arithmetic), 1 uses order 3 for all of them (one loop: fewer registers
     spilled), 0 none (the exact transform on every tile)."""
-    pid_n = tl.program_id(0)
-    bhk = tl.program_id(1)
+    pid_n, bhk = _schedule(False)  # the first key tiles are the longest
+    if bhk >= BHkv:
+        return
     b = bhk // Hkv
     hk = bhk % Hkv
     n0 = pid_n * BLOCK_N
@@ -486,28 +518,28 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, COEF, SLOPES,
             slope2 = 0.0
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n, offs_mb,
                              offs_d, m_lo, m_full, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
-                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL, USE_ASM)
+                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL, USE_ASM, EARLY_DP)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n, offs_mb,
                              offs_d, m_full, s3, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
-                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM)
+                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM, EARLY_DP)
         if MODE == 1 and CAUSAL and POLY == 1:
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
                                  offs_mb, offs_d, s3, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
-                                 USE_ASM)
+                                 USE_ASM, EARLY_DP)
         if MODE == 1 and CAUSAL and POLY == 3:
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
                                  offs_mb, offs_d, s3, s2, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
-                                 USE_ASM)
+                                 USE_ASM, EARLY_DP)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
                                  offs_mb, offs_d, s2, s1, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 2, False, CAUSAL,
-                                 USE_ASM)
+                                 USE_ASM, EARLY_DP)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
                                  offs_mb, offs_d, s1, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 1, False, CAUSAL,
-                                 USE_ASM)
+                                 USE_ASM, EARLY_DP)
     out_ok = offs_n[:, None] < Tk
     dk_ptr = b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None] * sdkn + offs_d[None, :]
     dv_ptr = b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + offs_n[:, None] * sdvn + offs_d[None, :]
@@ -519,7 +551,8 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, COEF, SLOPES,
 def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi,
               q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
               BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
-              CAUSAL: tl.constexpr, USE_ASM: tl.constexpr):
+              CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, EARLY_DP: tl.constexpr):
+    """Accumulate dQ of one query tile over key tiles lo .. hi−1 (EARLY_DP as in ``_dkdv_tiles``)."""
     tcol = offs_n.to(tl.float32)
     for i in range(lo, hi):
         n0 = i * BLOCK_N
@@ -531,6 +564,8 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, o
             kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None])
             vt = tl.load(v_base + offs_k[None, :] * svn + offs_d[:, None])
         qk = tl.dot(q, kt)
+        if EARLY_DP:
+            dp = tl.dot(do, vt)
         trow = (q_offset + offs_m - n0).to(tl.float32)
         idx_row = q_offset + offs_m - n0 - (BLOCK_N - 1)
         s, bsl = _logits(qk, trow, tcol, idx_row, zcol, COEF, coef_len, slope2, qk_scale, inv_tau, A2, K2,
@@ -541,7 +576,8 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, o
             if CAUSAL:
                 vis = vis & (offs_k[None, :] <= q_offset + offs_m[:, None])
             p = tl.where(vis, p, 0.0)
-        dp = tl.dot(do, vt)
+        if not EARLY_DP:
+            dp = tl.dot(do, vt)
         ds = p * (dp - delta[:, None])
         if MODE == 1:
             ds = ds * bsl
@@ -551,15 +587,16 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, o
     return dq
 
 
-@triton.jit(do_not_specialize=["Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
+@triton.jit(do_not_specialize=["BH", "Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
 def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES,
                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdqb, sdqh, sdqm,
-                  H, G, Tq, Tk, q_offset, coef_len,
+                  BH, H, G, Tq, Tk, q_offset, coef_len,
                   qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
-                  CAUSAL: tl.constexpr, USE_ASM: tl.constexpr):
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
+                  CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, EARLY_DP: tl.constexpr = True):
+    pid_m, bh = _schedule(True)
+    if bh >= BH:
+        return
     b = bh // H
     h = bh % H
     hk = h // G
@@ -596,23 +633,23 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES,
         n3 = tl.maximum(tl.minimum(_count_far(base_x - T3, BLOCK_N), n_full), n2)
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n1,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                       BLOCK_N, MODE, 1, False, CAUSAL, USE_ASM)
+                       BLOCK_N, MODE, 1, False, CAUSAL, USE_ASM, EARLY_DP)
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                       BLOCK_N, MODE, 2, False, CAUSAL, USE_ASM)
+                       BLOCK_N, MODE, 2, False, CAUSAL, USE_ASM, EARLY_DP)
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2, n3,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                       BLOCK_N, MODE, 3, False, CAUSAL, USE_ASM)
+                       BLOCK_N, MODE, 3, False, CAUSAL, USE_ASM, EARLY_DP)
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3, n_full,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM)
+                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM, EARLY_DP)
     else:
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n_full,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM)
+                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM, EARLY_DP)
     dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full, n_end,
                    q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N,
-                   MODE, 0, True, CAUSAL, USE_ASM)
+                   MODE, 0, True, CAUSAL, USE_ASM, EARLY_DP)
     tl.store(DQ + b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None] * sdqm + offs_d[None, :],
              (dq * DS_SCALE).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
