@@ -82,7 +82,7 @@ def precompile_jobs():
     for bwd in tb.DQ_CANDIDATES:
         jobs.append(("scale-invariant", True, 128, "bfloat16", tb.DEFAULT_FWD, bwd, None, ("dq",)))
     jobs.append(("none", True, 128, "bfloat16", tb.DEFAULT_FWD, tb.DEFAULT_BWD, None, ("dkdv", "dq")))
-    late_dp = dataclasses.replace(tb.DEFAULT_BWD, early_dp=False)
+    late_dp = dataclasses.replace(tb.DEFAULT_BWD, dkdv_early_dp=False)
     jobs.append(("none", True, 128, "bfloat16", tb.DEFAULT_FWD, late_dp, None, ("dkdv", "dq")))
     jobs.append(("alibi", True, 128, "bfloat16", tb.DEFAULT_FWD, tb.DEFAULT_BWD, None, ("dkdv", "dq")))
     for dec in DECODE_VARIANTS:
@@ -355,7 +355,7 @@ def _order_at(t, b, record, rep_ms):
         dout = torch.randn_like(out)
         for early in (False, True):
             for sec in sections:
-                cfg = dataclasses.replace(tb.DEFAULT_BWD, early_dp=early, section=sec)
+                cfg = dataclasses.replace(tb.DEFAULT_BWD, dkdv_early_dp=early, section=sec)
                 for part in ("dkdv", "dq"):
                     def fn(cfg=cfg, part=part, out=out, lse=lse, dout=dout, tr=tr):
                         return tb._backward(q, k, v, out, lse, dout, tr, 0, True, scale, cfg, parts=(part,))

@@ -98,14 +98,14 @@ def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, obj
                 out.append(("fwd", mode, tiling, tk.fwd_kernel, const, c.num_warps, c.num_stages))
         if "dkdv" in kernels:
             for c in tb.DKDV_CANDIDATES:
-                const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly, EARLY_DP=c.early_dp)
+                const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly, EARLY_DP=c.dkdv_early_dp)
                 tiling = (f"{c.dkdv_m}x{c.dkdv_n} w{c.dkdv_warps} s{c.dkdv_stages} poly{c.dkdv_poly}"
-                          + " early-dP" * c.early_dp)
+                          + " early-dP" * c.dkdv_early_dp)
                 out.append(("dkdv", mode, tiling, tk.bwd_dkdv_kernel, const, c.dkdv_warps, c.dkdv_stages))
         if "dq" in kernels:
             for c in tb.DQ_CANDIDATES:
-                const = dict(common, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n, EARLY_DP=c.early_dp)
-                tiling = f"{c.dq_m}x{c.dq_n} w{c.dq_warps} s{c.dq_stages}" + " early-dP" * c.early_dp
+                const = dict(common, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n)
+                tiling = f"{c.dq_m}x{c.dq_n} w{c.dq_warps} s{c.dq_stages}"
                 out.append(("dq", mode, tiling, tk.bwd_dq_kernel, const, c.dq_warps, c.dq_stages))
     return out
 

@@ -134,9 +134,9 @@ def test_far_tiles_use_polynomials_and_match_reference(dkdv_poly):
 
 @pytest.mark.parametrize("transform", [SI, LogitTransform("alibi")], ids=["si", "alibi"])
 def test_backward_with_dp_after_p_matches_reference(transform):
-    """``BwdConfig.early_dp = False``: dP = dO·Vᵀ issued after P (the order before session 6)."""
+    """``BwdConfig.dkdv_early_dp = False``: dPᵀ = V·dOᵀ issued after P (the order before session 6)."""
     base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
-    _check(CPU_CASES[1], transform, bwd_config=dataclasses.replace(base, early_dp=False))
+    _check(CPU_CASES[1], transform, bwd_config=dataclasses.replace(base, dkdv_early_dp=False))
 
 
 STATIC_FWD = dataclasses.replace(tb.INTERPRETER_FWD if not CUDA else tb.DEFAULT_FWD, static=True, static_min_keys=0)
@@ -168,10 +168,11 @@ def test_every_program_order_computes_every_tile_once(section):
            bwd_config=dataclasses.replace(base_bwd, section=section))
 
 
-def test_heads_per_section_fills_two_waves_and_validates():
-    assert tb.heads_per_section(32, 48, 132) == 9  # 4k queries in 128-row tiles, B·H = 48: 288 programs
+def test_heads_per_section_interleaves_short_heads_and_validates():
+    assert tb.heads_per_section(32, 48, 132) == 48  # 4k in 128-row tiles: a head is a quarter wave
+    assert tb.heads_per_section(66, 48, 132) == 48
+    assert tb.heads_per_section(67, 48, 132) == 1  # more than half a wave: head by head
     assert tb.heads_per_section(512, 6, 132) == 1  # 64k: one head alone is 3.9 waves
-    assert tb.heads_per_section(8, 4, 132) == 4  # never more heads than there are
     with pytest.raises(ValueError, match="n_tiles"):
         tb.heads_per_section(0, 4, 132)
     for config in (tb.FwdConfig, tb.BwdConfig):
