@@ -139,6 +139,26 @@ def test_backward_with_dp_after_p_matches_reference(transform):
     _check(CPU_CASES[1], transform, bwd_config=dataclasses.replace(base, dkdv_early_dp=False))
 
 
+@pytest.mark.parametrize("fused", ["atomics", "tma"])
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
+@pytest.mark.parametrize("case", CPU_CASES, ids=_cid)
+def test_backward_with_dq_fused_into_the_dkdv_kernel(case, transform, fused):
+    """``BwdConfig.fused_dq``: the dK/dV kernel also accumulates dQ (float32, through atomics or TMA reductions;
+    the interpreter runs both as atomics): ragged, GQA (several query heads add into one program's loop),
+    prefixes, queries past the last key."""
+    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
+    _check(case, transform, bwd_config=dataclasses.replace(base, fused_dq=fused))
+
+
+def test_fused_dq_config_is_validated():
+    with pytest.raises(ValueError, match="fused_dq"):
+        tb.BwdConfig(fused_dq="yes")
+    q, k, v = _inputs(1, 2, 2, 16, 16, 64, DTYPES[0], grad=False)
+    out, lse = tb._forward(q, k, v, SI, 0, True, 0.125)
+    with pytest.raises(ValueError, match="parts"):
+        tb._backward(q, k, v, out, lse, out, SI, 0, True, 0.125, tb.BwdConfig(fused_dq="tma"), parts=("dkdv",))
+
+
 STATIC_FWD = dataclasses.replace(tb.INTERPRETER_FWD if not CUDA else tb.DEFAULT_FWD, static=True, static_min_keys=0)
 
 

@@ -90,6 +90,9 @@ class FwdConfig:
         _check_section(self.section)
 
 
+FUSED_DQ_MODES = {"off": 0, "atomics": 1, "tma": 2}
+
+
 @dataclass(frozen=True)
 class BwdConfig:
     """Backward tiling: dK/dV programs own ``dkdv_n`` keys and step over ``dkdv_m`` queries; dQ programs own
@@ -97,8 +100,10 @@ class BwdConfig:
     (3: orders 3/2/1 by distance, 1: order 3 only, one loop and fewer spilled registers, 0: exact everywhere).
     ``dkdv_early_dp``: the dK/dV kernel issues dPᵀ = V·dOᵀ right after Sᵀ = K·Qᵀ instead of after the dV update
     (fewer spilled registers; 3–8% faster on the H200; the same order made the dQ kernel slower, so it keeps
-    dP after P). ``section``: the program order of both kernels (see :func:`heads_per_section`; 0 picks it from
-    the shape)."""
+    dP after P). ``fused_dq``: "off" runs a separate dQ kernel (which recomputes S and dP); "atomics" or
+    "tma" let the dK/dV kernel also accumulate dQ in float32 (one more product per tile, added through per-element
+    atomics or TMA bulk reductions; the interpreter has no TMA and uses atomics). ``section``: the program order
+    of both kernels (see :func:`heads_per_section`; 0 picks it from the shape)."""
 
     dkdv_m: int = 32
     dkdv_n: int = 128
@@ -110,11 +115,14 @@ class BwdConfig:
     dq_stages: int = 3
     dkdv_poly: int = 3
     dkdv_early_dp: bool = True
+    fused_dq: str = "off"
     section: int = 0
 
     def __post_init__(self) -> None:
         if self.dkdv_poly not in (0, 1, 3):
             raise ValueError(f"dkdv_poly must be 0, 1 or 3, got {self.dkdv_poly!r}")
+        if self.fused_dq not in FUSED_DQ_MODES:
+            raise ValueError(f"fused_dq must be one of {sorted(FUSED_DQ_MODES)}, got {self.fused_dq!r}")
         _check_section(self.section)
 
 
@@ -387,18 +395,25 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
     consts = _si_constants(transform, scale)
     ds_scale = LN2 if transform.kind == "scale-invariant" else scale
 
-    def launch_dkdv(c: BwdConfig):
+    dq_pitch = -(-tq // 4) * 4  # a TMA row stride must be a multiple of 16 bytes
+
+    def launch_dkdv(c: BwdConfig, dq_acc: torch.Tensor | None = None):
         coef, slopes, _, th = _transform_args(transform, scale, c.dkdv_m, q_offset + tq, heads, q.device, causal)
+        fused = FUSED_DQ_MODES[c.fused_dq] if dq_acc is not None else 0
+        if fused == 2 and interpreted():
+            fused = 1
+        if fused == 2:
+            _ensure_tma_allocator()
         _k.bwd_dkdv_kernel[_grid(c.section, triton.cdiv(tk, c.dkdv_n), batch * hkv, q.device)](
-            q, k, v, dout, lse, delta, dk, dv, coef, slopes,
+            q, k, v, dout, lse, delta, dk, dv, dq_acc if fused else delta, coef, slopes,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-            batch * hkv, hkv, groups, tq, tk, q_offset, coef.shape[1],
+            batch * hkv, hkv, groups, tq, tk, q_offset, coef.shape[1], dq_pitch,
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], ds_scale,
             *th, HEAD_DIM=dim, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, MODE=mode, CAUSAL=causal,
-            USE_ASM=_use_asm(), POLY=c.dkdv_poly, EARLY_DP=c.dkdv_early_dp, num_warps=c.dkdv_warps,
-            num_stages=c.dkdv_stages,
+            USE_ASM=_use_asm(), POLY=c.dkdv_poly, EARLY_DP=c.dkdv_early_dp, FUSED_DQ=fused,
+            num_warps=c.dkdv_warps, num_stages=c.dkdv_stages,
         )
 
     def launch_dq(c: BwdConfig):
@@ -415,11 +430,37 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
         )
 
     key = (dim, q.dtype, transform.kind, causal, groups, _bucket(tq), _bucket(tk))
+    if cfg is not None and cfg.fused_dq != "off":  # one kernel for dK, dV and dQ
+        if set(parts) != {"dkdv", "dq"}:
+            raise ValueError(f"fused_dq={cfg.fused_dq!r} computes every gradient in one kernel; parts must be "
+                             f"('dkdv', 'dq'), got {parts!r}")
+        dq_acc = torch.zeros(batch * heads, dim, dq_pitch, device=q.device, dtype=torch.float32)
+        launch_dkdv(cfg, dq_acc)
+        _k.dq_from_accumulator_kernel[(triton.cdiv(tq, 64), batch * heads)](
+            dq_acc, dq, dq.stride(0), dq.stride(1), dq.stride(2), heads, tq, dq_pitch, ds_scale,
+            HEAD_DIM=dim, BLOCK=64)
+        return dq, dk, dv
     if "dkdv" in parts:
         launch_dkdv(cfg or _pick("dkdv", key, DKDV_CANDIDATES, DEFAULT_BWD, launch_dkdv))
     if "dq" in parts:
         launch_dq(cfg or _pick("dq", key, DQ_CANDIDATES, DEFAULT_BWD, launch_dq))
     return dq, dk, dv
+
+
+_TMA_ALLOCATOR = {"set": False}
+
+
+def _ensure_tma_allocator() -> None:
+    """Kernels that build TMA descriptors on the device need global scratch memory from Triton's allocator; this
+    installs one backed by torch (once per process, replacing any allocator set before)."""
+    if _TMA_ALLOCATOR["set"]:
+        return
+
+    def alloc(size: int, alignment: int, stream) -> torch.Tensor:
+        return torch.empty(size, device="cuda", dtype=torch.int8)
+
+    triton.set_allocator(alloc)
+    _TMA_ALLOCATOR["set"] = True
 
 
 class _TritonAttention(torch.autograd.Function):

@@ -409,13 +409,15 @@ def bwd_preprocess_kernel(O, DO, DELTA, sob, soh, som, sdob, sdoh, sdom, H, T, n
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n, offs_mb, offs_d, lo, hi,
-                q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm, sdom, offs_n, offs_mb,
+                offs_d, lo, hi, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                 BLOCK_M: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
-                CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, EARLY_DP: tl.constexpr):
+                CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, EARLY_DP: tl.constexpr, FUSED_DQ: tl.constexpr):
     """Accumulate dK, dV of one key tile (rows = keys) over query tiles lo .. hi−1 (columns = queries).
     EARLY_DP: issue dPᵀ = V·dOᵀ right after Sᵀ = K·Qᵀ, before the softmax, instead of after the dV update (ptxas
-    then spills fewer registers; 3–8% faster on the H200)."""
+    then spills fewer registers; 3–8% faster on the H200). FUSED_DQ (1: atomics through pointers, 2: TMA
+    reductions through the descriptor ``dq_dst``): also add this key tile's share of dQᵀ = Kᵀ·dSᵀ (HEAD_DIM ×
+    BLOCK_M, float32, unscaled) into a (HEAD_DIM, dq_pitch) accumulator of the query head."""
     tcol = -offs_mb.to(tl.float32)  # t = (q_offset + m0 − n) + j
     for i in range(lo, hi):
         m0 = i * BLOCK_M
@@ -446,7 +448,13 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, 
             dsT = dsT * bT
             if MASKED:
                 dsT = tl.where(vis, dsT, 0.0)
-        dk = tl.dot(dsT.to(qt.dtype), tl.trans(qt), dk)
+        ds16 = dsT.to(qt.dtype)
+        dk = tl.dot(ds16, tl.trans(qt), dk)
+        if FUSED_DQ == 2:
+            dq_dst.atomic_add([0, m0], tl.dot(tl.trans(k), ds16))
+        elif FUSED_DQ == 1:
+            tl.atomic_add(dq_dst + offs_d[:, None] * dq_pitch + offs_m[None, :], tl.dot(tl.trans(k), ds16),
+                          mask=row_ok[None, :], sem="relaxed")
     return dk, dv
 
 
@@ -456,16 +464,17 @@ def _first_tile_at(y, BLOCK: tl.constexpr):
     return tl.where(y > 0, (y + BLOCK - 1) // BLOCK, 0)
 
 
-@triton.jit(do_not_specialize=["BHkv", "Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
-def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, COEF, SLOPES,
+@triton.jit(do_not_specialize=["BHkv", "Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3", "dq_pitch"])
+def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdkb, sdkh, sdkn,
-                    sdvb, sdvh, sdvn, BHkv, Hkv, G, Tq, Tk, q_offset, coef_len,
+                    sdvb, sdvh, sdvn, BHkv, Hkv, G, Tq, Tk, q_offset, coef_len, dq_pitch,
                     qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
                     CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, POLY: tl.constexpr = 3,
-                    EARLY_DP: tl.constexpr = True):
+                    EARLY_DP: tl.constexpr = True, FUSED_DQ: tl.constexpr = 0):
     """One program per (key tile, batch·kv head), ordered by ``_schedule``: dK, dV summed over the G query heads
-    of the group.
+    of the group; with FUSED_DQ (see ``_dkdv_tiles``) also every query head's dQᵀ, accumulated in float32 in
+    DQACC (B·H, HEAD_DIM, dq_pitch), zeroed before the launch (``dq_from_accumulator_kernel`` finishes it).
 
     Far query tiles (scale-invariant, causal) take a_t from polynomials: POLY = 3 uses orders 3, 2, 1 as the
     distance grows (three loops: least arithmetic), 1 uses order 3 for all of them (one loop: fewer registers
@@ -512,39 +521,61 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, COEF, SLOPES,
         row_base = (b * Hkv * G + h).to(tl.int64) * Tq
         lse_base = LSE + row_base
         delta_base = DELTA + row_base
+        dq_dst = DQACC + (b * Hkv * G + h).to(tl.int64) * HEAD_DIM * dq_pitch
+        if FUSED_DQ == 2:
+            dq_dst = tl.make_tensor_descriptor(dq_dst, shape=[HEAD_DIM, Tq], strides=[dq_pitch, 1],
+                                               block_shape=[HEAD_DIM, BLOCK_M])
         if MODE == 2:  # noqa: SIM108 (constexpr branch)
             slope2 = tl.load(SLOPES + h)
         else:
             slope2 = 0.0
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n, offs_mb,
-                             offs_d, m_lo, m_full, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
-                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL, USE_ASM, EARLY_DP)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n, offs_mb,
-                             offs_d, m_full, s3, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
-                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM, EARLY_DP)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm, sdom,
+                             offs_n, offs_mb, offs_d, m_lo, m_full, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                             qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL, USE_ASM, EARLY_DP,
+                             FUSED_DQ)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm, sdom,
+                             offs_n, offs_mb, offs_d, m_full, s3, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
+                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM, EARLY_DP,
+                             FUSED_DQ)
         if MODE == 1 and CAUSAL and POLY == 1:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
-                                 offs_mb, offs_d, s3, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
+                                 sdom, offs_n, offs_mb, offs_d, s3, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
-                                 USE_ASM, EARLY_DP)
+                                 USE_ASM, EARLY_DP, FUSED_DQ)
         if MODE == 1 and CAUSAL and POLY == 3:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
-                                 offs_mb, offs_d, s3, s2, q_offset, Tq, COEF, coef_len, zcol, slope2,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
+                                 sdom, offs_n, offs_mb, offs_d, s3, s2, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
-                                 USE_ASM, EARLY_DP)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
-                                 offs_mb, offs_d, s2, s1, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                                 USE_ASM, EARLY_DP, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
+                                 sdom, offs_n, offs_mb, offs_d, s2, s1, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 2, False, CAUSAL,
-                                 USE_ASM, EARLY_DP)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, offs_n,
-                                 offs_mb, offs_d, s1, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                                 USE_ASM, EARLY_DP, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
+                                 sdom, offs_n, offs_mb, offs_d, s1, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 1, False, CAUSAL,
-                                 USE_ASM, EARLY_DP)
+                                 USE_ASM, EARLY_DP, FUSED_DQ)
     out_ok = offs_n[:, None] < Tk
     dk_ptr = b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None] * sdkn + offs_d[None, :]
     dv_ptr = b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + offs_n[:, None] * sdvn + offs_d[None, :]
     tl.store(DK + dk_ptr, (dk * DS_SCALE).to(DK.dtype.element_ty), mask=out_ok)
     tl.store(DV + dv_ptr, dv.to(DV.dtype.element_ty), mask=out_ok)  # dK and dV may differ in layout
+
+
+@triton.jit
+def dq_from_accumulator_kernel(DQACC, DQ, sdqb, sdqh, sdqm, H, Tq, dq_pitch, DS_SCALE,
+                               HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """dQ[b, h, m, :] = DS_SCALE·DQACC[b·H + h, :, m] in dQ's dtype and strides; grid (cdiv(Tq, BLOCK), B·H)."""
+    bh = tl.program_id(1)
+    offs_m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = offs_m < Tq
+    acc = tl.load(DQACC + bh.to(tl.int64) * HEAD_DIM * dq_pitch + offs_d[:, None] * dq_pitch + offs_m[None, :],
+                  mask=ok[None, :], other=0.0)
+    b = bh // H
+    h = bh % H
+    tl.store(DQ + b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None] * sdqm + offs_d[None, :],
+             tl.trans(acc * DS_SCALE).to(DQ.dtype.element_ty), mask=ok[:, None])
 
 
 @triton.jit
