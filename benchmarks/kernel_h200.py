@@ -79,6 +79,8 @@ def precompile_jobs():
             jobs.append(("none", True, 128, "bfloat16", fwd, None, None, ()))
     for bwd in tb.DKDV_CANDIDATES:
         jobs.append(("scale-invariant", True, 128, "bfloat16", tb.DEFAULT_FWD, bwd, None, ("dkdv",)))
+        # the same tiling with the fused dQ (the default for scale-invariant attention; the autotuner tries each)
+        jobs.append(("scale-invariant", True, 128, "bfloat16", tb.DEFAULT_FWD, bwd, None, ("dkdv", "dq")))
     for bwd in tb.DQ_CANDIDATES:
         jobs.append(("scale-invariant", True, 128, "bfloat16", tb.DEFAULT_FWD, bwd, None, ("dq",)))
     jobs.append(("none", True, 128, "bfloat16", tb.DEFAULT_FWD, tb.DEFAULT_BWD, None, ("dkdv", "dq")))

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}
-FLOAT_POINTERS = {"LSE", "DELTA", "COEF", "SLOPES"}
+FLOAT_POINTERS = {"LSE", "DELTA", "COEF", "SLOPES", "DQACC"}
 FLOATS = {"qk_scale", "inv_tau", "A2", "K2", "NEG_GAMMA", "DS_SCALE"}
 POINTERS_I32 = {"FLAGS"}
 MODES = {"none": 0, "si": 1, "alibi": 2}
@@ -98,10 +98,12 @@ def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, obj
                 out.append(("fwd", mode, tiling, tk.fwd_kernel, const, c.num_warps, c.num_stages))
         if "dkdv" in kernels:
             for c in tb.DKDV_CANDIDATES:
-                const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly, EARLY_DP=c.dkdv_early_dp)
-                tiling = (f"{c.dkdv_m}x{c.dkdv_n} w{c.dkdv_warps} s{c.dkdv_stages} poly{c.dkdv_poly}"
-                          + " early-dP" * c.dkdv_early_dp)
-                out.append(("dkdv", mode, tiling, tk.bwd_dkdv_kernel, const, c.dkdv_warps, c.dkdv_stages))
+                for fused in (0, 2) if mode == "si" else (0,):  # the fused dQ (TMA) is used for "si" only
+                    const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly,
+                                 EARLY_DP=c.dkdv_early_dp, FUSED_DQ=fused)
+                    tiling = (f"{c.dkdv_m}x{c.dkdv_n} w{c.dkdv_warps} s{c.dkdv_stages} poly{c.dkdv_poly}"
+                              + " early-dP" * c.dkdv_early_dp + " fused-dQ" * bool(fused))
+                    out.append(("dkdv", mode, tiling, tk.bwd_dkdv_kernel, const, c.dkdv_warps, c.dkdv_stages))
         if "dq" in kernels:
             for c in tb.DQ_CANDIDATES:
                 const = dict(common, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n)
