@@ -188,6 +188,16 @@ def test_every_program_order_computes_every_tile_once(section):
            bwd_config=dataclasses.replace(base_bwd, section=section))
 
 
+@pytest.mark.parametrize("transform", [SI, LogitTransform("none")], ids=["si", "none"])
+def test_zero_queries_give_empty_output_and_zero_key_gradients(transform):
+    """An empty query block launches empty grids (the program-order grid included) and no dQ accumulator."""
+    q, k, v = _inputs(1, 2, 2, 0, 20, 64, DTYPES[0])
+    out = tb.flash_attention(q, k, v, transform=transform, q_offset=0, causal=True, scale=0.125)
+    assert out.shape == (1, 2, 0, 64)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    assert dq.shape == q.shape and not dk.any() and not dv.any()
+
+
 def test_heads_per_section_interleaves_short_heads_and_validates():
     assert tb.heads_per_section(32, 48, 132) == 48  # 4k in 128-row tiles: a head is a quarter wave
     assert tb.heads_per_section(66, 48, 132) == 48

@@ -332,7 +332,10 @@ def heads_per_section(n_tiles: int, n_heads: int, sms: int) -> int:
 
 
 def _grid(section: int, n_tiles: int, n_heads: int, device: torch.device) -> tuple[int, int, int]:
-    """Launch grid (heads per section, tiles, sections) of ``_schedule``; ``section`` 0 picks it from the shape."""
+    """Launch grid (heads per section, tiles, sections) of ``_schedule``; ``section`` 0 picks it from the shape.
+    An empty grid when there are no tiles or no heads (e.g. zero queries)."""
+    if n_tiles < 1 or n_heads < 1:
+        return 0, 0, 0
     if not section:
         section = heads_per_section(n_tiles, n_heads, _sm_count(str(device)))
     section = min(section, n_heads)
@@ -384,6 +387,8 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
     batch, heads, tq, dim = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     groups = heads // hkv
+    if tq == 0:  # no queries: nothing flows back to k and v (and no dQ accumulator to describe)
+        return torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
     # every kernel below reads and writes through strides, so q, out, dout and the gradients may be transposed
     # (B, T, H, D) views as a model makes them; only the last dimension must be contiguous
     dout = _contiguous(dout)
@@ -462,20 +467,15 @@ def _fused_mode(setting: str, transform: LogitTransform, parts: tuple[str, ...])
     return 1 if mode == 2 and interpreted() else mode  # the interpreter has no TMA
 
 
-_TMA_ALLOCATOR = {"set": False}
-
-
+@functools.cache
 def _ensure_tma_allocator() -> None:
     """Kernels that build TMA descriptors on the device need global scratch memory from Triton's allocator; this
     installs one backed by torch (once per process, replacing any allocator set before)."""
-    if _TMA_ALLOCATOR["set"]:
-        return
 
     def alloc(size: int, alignment: int, stream) -> torch.Tensor:
         return torch.empty(size, device="cuda", dtype=torch.int8)
 
     triton.set_allocator(alloc)
-    _TMA_ALLOCATOR["set"] = True
 
 
 class _TritonAttention(torch.autograd.Function):

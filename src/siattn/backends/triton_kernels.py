@@ -450,11 +450,13 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_
                 dsT = tl.where(vis, dsT, 0.0)
         ds16 = dsT.to(qt.dtype)
         dk = tl.dot(ds16, tl.trans(qt), dk)
-        if FUSED_DQ == 2:
-            dq_dst.atomic_add([0, m0], tl.dot(tl.trans(k), ds16))
-        elif FUSED_DQ == 1:
-            tl.atomic_add(dq_dst + offs_d[:, None] * dq_pitch + offs_m[None, :], tl.dot(tl.trans(k), ds16),
-                          mask=row_ok[None, :], sem="relaxed")
+        if FUSED_DQ > 0:
+            dqT = tl.dot(tl.trans(k), ds16)  # (HEAD_DIM, BLOCK_M): M = 128 keeps it a wgmma
+            if FUSED_DQ == 2:
+                dq_dst.atomic_add([0, m0], dqT)
+            else:
+                tl.atomic_add(dq_dst + offs_d[:, None] * dq_pitch + offs_m[None, :], dqT, mask=row_ok[None, :],
+                              sem="relaxed")
     return dk, dv
 
 
