@@ -150,6 +150,27 @@ def test_backward_with_dq_fused_into_the_dkdv_kernel(case, transform, fused):
     _check(case, transform, bwd_config=dataclasses.replace(base, fused_dq=fused))
 
 
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
+@pytest.mark.parametrize("case", CPU_CASES, ids=_cid)
+def test_tma_loads_match_reference(case, transform):
+    """``FwdConfig.tma_loads`` / ``BwdConfig.dkdv_tma_loads``: key, value, query and dO tiles read through
+    tensor descriptors (zero-filled past the last key or query, where the pointer loads mask): ragged, GQA,
+    prefixes, queries past the last key; with the fused dQ and with the separate dQ kernel."""
+    fwd = dataclasses.replace(STATIC_FWD, tma_loads=True)
+    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
+    for fused in ("off", "tma"):
+        _check(case, transform, fwd_config=fwd, bwd_config=dataclasses.replace(base, dkdv_tma_loads=True,
+                                                                             fused_dq=fused))
+
+
+def test_tma_loads_need_aligned_rows():
+    x = torch.zeros(1, 2, 8, 64, dtype=torch.float16, device=DEVICE)
+    assert tb.tma_compatible(x, x.transpose(1, 2).contiguous().transpose(1, 2))
+    assert not tb.tma_compatible(x[..., 1:33])  # the start of the rows is 2 bytes off
+    assert not tb.tma_compatible(torch.zeros(1, 2, 8, 66, dtype=torch.float16, device=DEVICE)[..., :64])
+    assert not tb.tma_compatible(x.transpose(2, 3))  # last dimension not contiguous
+
+
 def test_fused_dq_config_is_validated():
     with pytest.raises(ValueError, match="fused_dq"):
         tb.BwdConfig(fused_dq="yes")

@@ -72,7 +72,10 @@ class FwdConfig:
     row maximum or accumulator rescaling there); a block where some far logit exceeds it so much that p
     overflows (about 2^127 in bf16, 2^16 in fp16) is recomputed with the online softmax. It costs a second
     (mostly empty) launch, so it is used from ``static_min_keys`` keys on, where far tiles exist.
-    ``section``: the program order (see :func:`heads_per_section`; 0 picks it from the shape)."""
+    ``section``: the program order (see :func:`heads_per_section`; 0 picks it from the shape). ``tma_loads``:
+    read the key and value tiles with TMA (device-side tensor descriptors) instead of per-thread copies, on CUDA
+    when k and v are 16-byte aligned (see :func:`tma_compatible`); otherwise, and under the interpreter, the
+    per-thread loads run."""
 
     block_m: int = 128
     block_n: int = 64
@@ -83,6 +86,7 @@ class FwdConfig:
     static: bool = True
     static_min_keys: int = 1024
     section: int = 0
+    tma_loads: bool = False
 
     def __post_init__(self) -> None:
         if self.static_min_keys < 0:
@@ -107,7 +111,8 @@ class BwdConfig:
     scale-invariant transform on CUDA (H200, whole backward: −8.5% / −5% / −3% at 4k / 16k / 64k) and "off"
     otherwise (the plain kernel was 4–5% slower fused). Float atomics add in no fixed order, so a fused dQ is
     not bitwise reproducible from run to run; "off" is. ``section``: the program order of both kernels (see
-    :func:`heads_per_section`; 0 picks it from the shape)."""
+    :func:`heads_per_section`; 0 picks it from the shape). ``dkdv_tma_loads``: the dK/dV kernel reads its query
+    and dO tiles with TMA (as ``FwdConfig.tma_loads``)."""
 
     dkdv_m: int = 32
     dkdv_n: int = 128
@@ -121,6 +126,7 @@ class BwdConfig:
     dkdv_early_dp: bool = True
     fused_dq: str = "auto"
     section: int = 0
+    dkdv_tma_loads: bool = False
 
     def __post_init__(self) -> None:
         if self.dkdv_poly not in (0, 1, 3):
@@ -342,6 +348,19 @@ def _grid(section: int, n_tiles: int, n_heads: int, device: torch.device) -> tup
     return section, n_tiles, math.ceil(n_heads / section)
 
 
+def tma_compatible(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels may read these (B, H, T, D) tensors through TMA descriptors of one head's (T, D)
+    rows: on CUDA or under the interpreter, with the start of every head's rows and the row stride 16-byte
+    aligned and the last dimension contiguous."""
+    for x in tensors:
+        size = x.element_size()
+        if not (x.is_cuda or interpreted()) or x.stride(-1) != 1 or x.data_ptr() % 16:
+            return False
+        if any(x.stride(d) * size % 16 for d in range(x.dim() - 1)):
+            return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------------- forward
 def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None = None,
              stats: dict | None = None):
@@ -366,9 +385,12 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
             batch * heads, heads, heads // hkv, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], t1, t2, t3,
         )
+        tma = c.tma_loads and tma_compatible(k, v)
+        if tma and not interpreted():
+            _ensure_tma_allocator()
         const = dict(HEAD_DIM=dim, BLOCK_M=c.block_m, BLOCK_N=c.block_n, MODE=_MODES[transform.kind],
                      CAUSAL=causal, LAZY=c.lazy, BOUND=c.bound and transform.kind == "scale-invariant",
-                     USE_ASM=_use_asm(), num_warps=c.num_warps, num_stages=c.num_stages)
+                     USE_ASM=_use_asm(), TMA_LOADS=tma, num_warps=c.num_warps, num_stages=c.num_stages)
         _k.fwd_kernel[grid](*args, STATIC=static, **const)
         if static:  # the blocks whose fixed offset overflowed, again with the online softmax
             _k.fwd_kernel[grid](*args, REDO=True, **const)
@@ -394,9 +416,15 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
     dout = _contiguous(dout)
     delta = torch.empty(batch, heads, tq, device=q.device, dtype=torch.float32)
     rows = batch * heads * tq
-    _k.bwd_preprocess_kernel[(triton.cdiv(rows, 64),)](
-        out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1),
-        dout.stride(2), heads, tq, rows, HEAD_DIM=dim, BLOCK=64)
+    dq_pitch = -(-tq // 4) * 4  # a TMA row stride must be a multiple of 16 bytes
+
+    def preprocess(dq_acc: torch.Tensor | None = None):
+        """delta = rowsum(O·dO); with ``dq_acc``, also zero that fused-dQ accumulator (one pass)."""
+        _k.bwd_preprocess_kernel[(triton.cdiv(rows, 64),)](
+            out, dout, delta, delta if dq_acc is None else dq_acc, out.stride(0), out.stride(1), out.stride(2),
+            dout.stride(0), dout.stride(1), dout.stride(2), heads, tq, rows, dq_pitch, HEAD_DIM=dim, BLOCK=64,
+            ZERO_DQ=dq_acc is not None)
+
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -404,11 +432,10 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
     consts = _si_constants(transform, scale)
     ds_scale = LN2 if transform.kind == "scale-invariant" else scale
 
-    dq_pitch = -(-tq // 4) * 4  # a TMA row stride must be a multiple of 16 bytes
-
     def launch_dkdv(c: BwdConfig, dq_acc: torch.Tensor | None = None, fused: int = 0):
         coef, slopes, _, th = _transform_args(transform, scale, c.dkdv_m, q_offset + tq, heads, q.device, causal)
-        if fused == 2:
+        tma = c.dkdv_tma_loads and tma_compatible(q, dout)
+        if fused == 2 or (tma and not interpreted()):
             _ensure_tma_allocator()
         _k.bwd_dkdv_kernel[_grid(c.section, triton.cdiv(tk, c.dkdv_n), batch * hkv, q.device)](
             q, k, v, dout, lse, delta, dk, dv, dq_acc if fused else delta, coef, slopes,
@@ -418,7 +445,7 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
             batch * hkv, hkv, groups, tq, tk, q_offset, coef.shape[1], dq_pitch,
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], ds_scale,
             *th, HEAD_DIM=dim, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, MODE=mode, CAUSAL=causal,
-            USE_ASM=_use_asm(), POLY=c.dkdv_poly, EARLY_DP=c.dkdv_early_dp, FUSED_DQ=fused,
+            USE_ASM=_use_asm(), POLY=c.dkdv_poly, EARLY_DP=c.dkdv_early_dp, FUSED_DQ=fused, TMA_LOADS=tma,
             num_warps=c.dkdv_warps, num_stages=c.dkdv_stages,
         )
 
@@ -440,7 +467,8 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
     if fused:  # one kernel for dK, dV and dQ
 
         def launch_fused(c: BwdConfig):
-            dq_acc = torch.zeros(batch * heads, dim, dq_pitch, device=q.device, dtype=torch.float32)
+            dq_acc = torch.empty(batch * heads, dim, dq_pitch, device=q.device, dtype=torch.float32)
+            preprocess(dq_acc)  # zeroes dq_acc (every launch while tuning adds into a fresh one)
             launch_dkdv(c, dq_acc, fused)
             _k.dq_from_accumulator_kernel[(triton.cdiv(tq, 64), batch * heads)](
                 dq_acc, dq, dq.stride(0), dq.stride(1), dq.stride(2), heads, tq, dq_pitch, ds_scale,
@@ -448,6 +476,7 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
 
         launch_fused(cfg or _pick("fused", key, DKDV_CANDIDATES, DEFAULT_BWD, launch_fused))
         return dq, dk, dv
+    preprocess()
     if "dkdv" in parts:
         launch_dkdv(cfg or _pick("dkdv", key, DKDV_CANDIDATES, DEFAULT_BWD, launch_dkdv))
     if "dq" in parts:

@@ -146,7 +146,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_
                q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
                CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
-               FIXED: tl.constexpr = False, first_real=-1):
+               FIXED: tl.constexpr = False, first_real=-1, TMA_LOADS: tl.constexpr = False):
     """Online-softmax steps over key tiles lo .. hi−1; steps i < first_real run tile 0 instead (a sample of the
     farthest keys inside another loop). FIXED: keep the offset m_i as it is (no row maximum, no rescaling;
     p = 2^(v − m_i) may exceed 1, see ``fwd_kernel``); only for unmasked tiles."""
@@ -154,7 +154,9 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_
     for i in range(lo, hi):
         n0 = tl.where(i < first_real, 0, i) * BLOCK_N
         offs_k = n0 + offs_n
-        if MASKED:
+        if TMA_LOADS:  # a descriptor zero-fills keys past Tk, as the masked load does
+            kt = tl.trans(k_base.load([n0, 0]))
+        elif MASKED:
             kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None], mask=offs_k[None, :] < Tk, other=0.0)
         else:
             kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None])
@@ -226,7 +228,9 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_
             else:
                 p = tl.math.exp2(s * sc - m_i[:, None])
         l_i += tl.sum(p, 1)
-        if MASKED:
+        if TMA_LOADS:
+            vt = v_base.load([n0, 0])
+        elif MASKED:
             vt = tl.load(v_base + offs_k[:, None] * svn + offs_d[None, :], mask=offs_k[:, None] < Tk, other=0.0)
         else:
             vt = tl.load(v_base + offs_k[:, None] * svn + offs_d[None, :])
@@ -244,7 +248,7 @@ def _count_far(x, BLOCK: tl.constexpr):
 def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2, n3, n_full, n_end,
                  q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                  BLOCK_N: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr, LAZY: tl.constexpr,
-                 BOUND: tl.constexpr, USE_ASM: tl.constexpr, STATIC: tl.constexpr):
+                 BOUND: tl.constexpr, USE_ASM: tl.constexpr, STATIC: tl.constexpr, TMA_LOADS: tl.constexpr = False):
     """All key tiles of one query block: far tiles [0, n1), [n1, n2), [n2, n3) with polynomials of order 1, 2, 3
     (scale-invariant, causal), exact tiles [n3, n_full), masked tiles [n_full, n_end). Without the transform
     (or not causal) n1 = n2 = 0 and n3 only marks where STATIC's fixed-offset tiles end.
@@ -255,7 +259,7 @@ def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, off
     if STATIC:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
                                    n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                                   NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM)
+                                   NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM, TMA_LOADS=TMA_LOADS)
         if CAUSAL:
             # the near tiles [n3, n_full), preceded by the farthest tile (the largest a_t, so the widest logits)
             # as a sample of the far maxima: its step i = n3 − 1 runs tile 0 (one loop, one pipeline fill)
@@ -263,54 +267,60 @@ def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, off
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3 - n0,
                                        n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
                                        K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM,
-                                       False, n3)
+                                       False, n3, TMA_LOADS=TMA_LOADS)
         else:  # nothing is near: the first full tile sets the offset
             n_fix = tl.minimum(n3 + 1, n_full)
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
                                        n_fix, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
-                                       K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
+                                       K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM,
+                                       TMA_LOADS=TMA_LOADS)
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_fix,
                                        n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
-                                       K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM, True)
+                                       K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM, True,
+                                       TMA_LOADS=TMA_LOADS)
         if CAUSAL:
             if MODE == 1:
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
                                            tl.maximum(n2, n0), n3, q_offset, Tk, COEF, coef_len, zcol, slope2,
                                            qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL,
-                                           LAZY, BOUND, USE_ASM, True)
+                                           LAZY, BOUND, USE_ASM, True, TMA_LOADS=TMA_LOADS)
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
                                            tl.maximum(n1, n0), n2, q_offset, Tk, COEF, coef_len, zcol, slope2,
                                            qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL,
-                                           LAZY, BOUND, USE_ASM, True)
+                                           LAZY, BOUND, USE_ASM, True, TMA_LOADS=TMA_LOADS)
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
                                            n0, n1, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
                                            A2, K2, NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND,
-                                           USE_ASM, True)
+                                           USE_ASM, True, TMA_LOADS=TMA_LOADS)
             else:
                 acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
                                            n0, n3, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
                                            A2, K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND,
-                                           USE_ASM, True)
+                                           USE_ASM, True, TMA_LOADS=TMA_LOADS)
     else:
         if MODE == 1 and CAUSAL:
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n1,
                                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                                       NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND, USE_ASM)
+                                       NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND, USE_ASM,
+                                       TMA_LOADS=TMA_LOADS)
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
                                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                                       NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL, LAZY, BOUND, USE_ASM)
+                                       NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL, LAZY, BOUND, USE_ASM,
+                                       TMA_LOADS=TMA_LOADS)
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2, n3,
                                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                                       NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL, LAZY, BOUND, USE_ASM)
+                                       NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL, LAZY, BOUND, USE_ASM,
+                                       TMA_LOADS=TMA_LOADS)
             n_exact = n3
         else:
             n_exact = 0
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_exact,
                                    n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
-                                   K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM)
+                                   K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM,
+                                   TMA_LOADS=TMA_LOADS)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
                                    n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                                   NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM)
+                                   NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM, TMA_LOADS=TMA_LOADS)
     return acc, l_i, m_i
 
 
@@ -321,7 +331,7 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
                qk_scale, inv_tau, A2, K2, NEG_GAMMA, T1, T2, T3,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
                CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
-               STATIC: tl.constexpr = False, REDO: tl.constexpr = False):
+               STATIC: tl.constexpr = False, REDO: tl.constexpr = False, TMA_LOADS: tl.constexpr = False):
     """Output and log2-sum-exp of one BLOCK_M query block; grid (SECTION, cdiv(Tq, BLOCK_M), cdiv(B·H, SECTION))
     (``_schedule``: the last query blocks, the longest causal rows, first).
 
@@ -349,6 +359,11 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
                 mask=offs_m[:, None] < Tq, other=0.0)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    if TMA_LOADS:
+        k_base = tl.make_tensor_descriptor(k_base, shape=[Tk, HEAD_DIM], strides=[skn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        v_base = tl.make_tensor_descriptor(v_base, shape=[Tk, HEAD_DIM], strides=[svn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
     slope2 = 0.0
     if MODE == 2:
         slope2 = tl.load(SLOPES + h)
@@ -377,7 +392,7 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     acc, l_i, m_i = _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2, n3,
                                  n_full, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
-                                 K2, NEG_GAMMA, BLOCK_N, MODE, CAUSAL, LAZY, BOUND, USE_ASM, STATIC)
+                                 K2, NEG_GAMMA, BLOCK_N, MODE, CAUSAL, LAZY, BOUND, USE_ASM, STATIC, TMA_LOADS)
     row_ok = offs_m < Tq
     out = acc / l_i[:, None]
     tl.store(LSE + bh.to(tl.int64) * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
@@ -392,10 +407,12 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
 
 # -------------------------------------------------------------------------------------------------- backward
 @triton.jit
-def bwd_preprocess_kernel(O, DO, DELTA, sob, soh, som, sdob, sdoh, sdom, H, T, n_rows,
-                          HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+def bwd_preprocess_kernel(O, DO, DELTA, DQACC, sob, soh, som, sdob, sdoh, sdom, H, T, n_rows, dq_pitch,
+                          HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, ZERO_DQ: tl.constexpr = False):
     """delta[b, h, m] = Σ_d O[b, h, m, d]·dO[b, h, m, d] for (B, H, T, HEAD_DIM) tensors of any strides (a
-    transposed (B, T, H, D) view included); DELTA is contiguous (B, H, T), row r = (b·H + h)·T + m."""
+    transposed (B, T, H, D) view included); DELTA is contiguous (B, H, T), row r = (b·H + h)·T + m. ZERO_DQ:
+    also zero the fused backward's dQ accumulator DQACC[b·H + h, :, m] (B·H, HEAD_DIM, dq_pitch) of the same
+    rows, which saves a separate fill of it."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     ok = rows[:, None] < n_rows
@@ -406,13 +423,17 @@ def bwd_preprocess_kernel(O, DO, DELTA, sob, soh, som, sdob, sdoh, sdom, H, T, n
     o = tl.load(O + (b * sob + h * soh + m * som)[:, None] + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
     do = tl.load(DO + (b * sdob + h * sdoh + m * sdom)[:, None] + offs_d[None, :], mask=ok, other=0.0)
     tl.store(DELTA + rows, tl.sum(o * do.to(tl.float32), 1), mask=rows < n_rows)
+    if ZERO_DQ:
+        acc = DQACC + ((r // T) * HEAD_DIM * dq_pitch + m)[:, None] + offs_d[None, :].to(tl.int64) * dq_pitch
+        tl.store(acc, tl.zeros([BLOCK, HEAD_DIM], tl.float32), mask=ok)
 
 
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm, sdom, offs_n, offs_mb,
                 offs_d, lo, hi, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                 BLOCK_M: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
-                CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, EARLY_DP: tl.constexpr, FUSED_DQ: tl.constexpr):
+                CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, EARLY_DP: tl.constexpr, FUSED_DQ: tl.constexpr,
+                TMA_LOADS: tl.constexpr = False):
     """Accumulate dK, dV of one key tile (rows = keys) over query tiles lo .. hi−1 (columns = queries).
     EARLY_DP: issue dPᵀ = V·dOᵀ right after Sᵀ = K·Qᵀ, before the softmax, instead of after the dV update (ptxas
     then spills fewer registers; 3–8% faster on the H200). FUSED_DQ (1: atomics through pointers, 2: TMA
@@ -423,11 +444,17 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_
         m0 = i * BLOCK_M
         offs_m = m0 + offs_mb
         row_ok = offs_m < Tq
-        qt = tl.load(q_base + offs_m[None, :] * sqm + offs_d[:, None], mask=row_ok[None, :], other=0.0)
+        if TMA_LOADS:
+            qt = tl.trans(q_base.load([m0, 0]))
+        else:
+            qt = tl.load(q_base + offs_m[None, :] * sqm + offs_d[:, None], mask=row_ok[None, :], other=0.0)
         lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
         sT = tl.dot(k, qt)
         if EARLY_DP:
-            do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            if TMA_LOADS:
+                do = do_base.load([m0, 0])
+            else:
+                do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
             dpT = tl.dot(v, tl.trans(do))
         trow = (q_offset + m0 - offs_n).to(tl.float32)
         idx_row = q_offset + m0 - offs_n
@@ -438,7 +465,10 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_
             vis = offs_m[None, :] + q_offset >= offs_n[:, None]
             pT = tl.where(vis, pT, 0.0)
         if not EARLY_DP:
-            do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            if TMA_LOADS:
+                do = do_base.load([m0, 0])
+            else:
+                do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
         dv = tl.dot(pT.to(do.dtype), do, dv)
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
         if not EARLY_DP:
@@ -473,7 +503,7 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
                     qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
                     CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, POLY: tl.constexpr = 3,
-                    EARLY_DP: tl.constexpr = True, FUSED_DQ: tl.constexpr = 0):
+                    EARLY_DP: tl.constexpr = True, FUSED_DQ: tl.constexpr = 0, TMA_LOADS: tl.constexpr = False):
     """One program per (key tile, batch·kv head), ordered by ``_schedule``: dK, dV summed over the G query heads
     of the group; with FUSED_DQ (see ``_dkdv_tiles``) also every query head's dQᵀ, accumulated in float32 in
     DQACC (B·H, HEAD_DIM, dq_pitch), zeroed before the launch (``dq_from_accumulator_kernel`` finishes it).
@@ -520,6 +550,11 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
         h = hk * G + g
         q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
         do_base = DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh
+        if TMA_LOADS:
+            q_base = tl.make_tensor_descriptor(q_base, shape=[Tq, HEAD_DIM], strides=[sqm, 1],
+                                               block_shape=[BLOCK_M, HEAD_DIM])
+            do_base = tl.make_tensor_descriptor(do_base, shape=[Tq, HEAD_DIM], strides=[sdom, 1],
+                                                block_shape=[BLOCK_M, HEAD_DIM])
         row_base = (b * Hkv * G + h).to(tl.int64) * Tq
         lse_base = LSE + row_base
         delta_base = DELTA + row_base
@@ -534,29 +569,29 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm, sdom,
                              offs_n, offs_mb, offs_d, m_lo, m_full, q_offset, Tq, COEF, coef_len, zcol, slope2,
                              qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL, USE_ASM, EARLY_DP,
-                             FUSED_DQ)
+                             FUSED_DQ, TMA_LOADS)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm, sdom,
                              offs_n, offs_mb, offs_d, m_full, s3, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
                              inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM, EARLY_DP,
-                             FUSED_DQ)
+                             FUSED_DQ, TMA_LOADS)
         if MODE == 1 and CAUSAL and POLY == 1:
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
                                  sdom, offs_n, offs_mb, offs_d, s3, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
-                                 USE_ASM, EARLY_DP, FUSED_DQ)
+                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS)
         if MODE == 1 and CAUSAL and POLY == 3:
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
                                  sdom, offs_n, offs_mb, offs_d, s3, s2, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
-                                 USE_ASM, EARLY_DP, FUSED_DQ)
+                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
                                  sdom, offs_n, offs_mb, offs_d, s2, s1, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 2, False, CAUSAL,
-                                 USE_ASM, EARLY_DP, FUSED_DQ)
+                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
                                  sdom, offs_n, offs_mb, offs_d, s1, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 1, False, CAUSAL,
-                                 USE_ASM, EARLY_DP, FUSED_DQ)
+                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS)
     out_ok = offs_n[:, None] < Tk
     dk_ptr = b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None] * sdkn + offs_d[None, :]
     dv_ptr = b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + offs_n[:, None] * sdvn + offs_d[None, :]

@@ -1,0 +1,225 @@
+"""H200 probe: tiles read through TMA descriptors (``FwdConfig.tma_loads``, ``BwdConfig.dkdv_tma_loads``).
+
+    PYTHONPATH=src python3 benchmarks/tma_probe.py [--sizes 4096x8,16384x2,65536x1]   (writes $OUT/tma_probe.json)
+
+Compiles the variants in parallel processes while the Triton backend's GPU tests run; then checks each variant
+against the float32 reference at 4k × 2 (scale-invariant), times the forward and the whole backward (delta with
+the accumulator's zeroing, the kernels, the conversion) of every variant at the benchmark sizes, and profiles one
+forward+backward at 4k × 8 kernel by kernel for the default and the TMA configurations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernel_h200 as kh
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(os.environ.get("OUT", ROOT / "bench_out"))
+SCALE = 128**-0.5
+
+
+def fwd_variants(kind: str) -> dict:
+    import siattn.backends.triton as tb
+
+    base = tb.DEFAULT_FWD
+    tma = dataclasses.replace(base, tma_loads=True)
+    out = {"base": base, "tma": tma, "tma s4": dataclasses.replace(tma, num_stages=4),
+           "tma 128x128 s2": dataclasses.replace(tma, block_n=128, num_stages=2),
+           "tma 64x64 w4 s2": dataclasses.replace(tma, block_m=64, num_warps=4, num_stages=2)}
+    if kind != "scale-invariant":
+        del out["tma s4"]
+    return out
+
+
+def bwd_variants(kind: str) -> dict:
+    import siattn.backends.triton as tb
+
+    base = tb.DEFAULT_BWD
+    tma = dataclasses.replace(base, dkdv_tma_loads=True)
+    out = {"base": base, "tma": tma,
+           "tma s2": dataclasses.replace(tma, dkdv_stages=2),
+           "tma 32x64 w4 s2": dataclasses.replace(tma, dkdv_n=64, dkdv_warps=4, dkdv_stages=2),
+           "tma 32x64 w4 s3": dataclasses.replace(tma, dkdv_n=64, dkdv_warps=4, dkdv_stages=3)}
+    if kind == "scale-invariant":  # the autotuner's choice at 16k and 64k in session 6, with and without TMA
+        late = dataclasses.replace(base, dkdv_poly=3, dkdv_early_dp=False)
+        out["poly3 late-dP"] = late
+        out["tma poly3 late-dP"] = dataclasses.replace(late, dkdv_tma_loads=True)
+    else:
+        del out["tma s2"], out["tma 32x64 w4 s3"]
+    return out
+
+
+def _compile_job(job):
+    """Compile one (kind, fwd cfg, bwd cfg) on 1024 keys (long enough for the fixed-offset forward)."""
+    import torch
+
+    import siattn.backends.triton as tb
+    from siattn.backends.transforms import LogitTransform
+
+    kind, fwd, bwd = job
+    start = time.time()
+    try:
+        q, k, v = (torch.randn(1, 6, 1024, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        tr = LogitTransform(kind)
+        out, lse = tb._forward(q, k, v, tr, 0, True, SCALE, fwd)
+        if bwd is not None:
+            tb._backward(q, k, v, out, lse, torch.randn_like(out), tr, 0, True, SCALE, bwd)
+        torch.cuda.synchronize()
+        return f"ok {time.time() - start:5.1f}s {kind} {fwd} {bwd}"
+    except Exception as err:
+        return f"FAILED {kind} {fwd} {bwd}: {type(err).__name__}: {str(err)[:400]}"
+
+
+def _accuracy():
+    """Forward and gradients of every scale-invariant variant against the float32 reference at 4k × 2."""
+    import torch
+
+    import siattn.backends.triton as tb
+    from siattn.backends.reference import reference_attention
+    from siattn.backends.transforms import LogitTransform
+
+    si = LogitTransform("scale-invariant")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 6, 4096, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    qf, kf, vf = (x.float().requires_grad_(True) for x in (q, k, v))
+    ref = reference_attention(qf, kf, vf, transform=si, q_offset=0, causal=True, scale=SCALE)
+    g = torch.randn_like(ref)
+    rg = torch.autograd.grad(ref, (qf, kf, vf), g)
+    rows = []
+    for name, cfg in fwd_variants("scale-invariant").items():
+        out, lse = tb._forward(q, k, v, si, 0, True, SCALE, cfg)
+        rows.append(dict(part="fwd", variant=name, out=kh._rel(out, ref)))
+        kh.log("accuracy fwd", name, f"{rows[-1]['out']:.2e}")
+    out, lse = tb._forward(q, k, v, si, 0, True, SCALE)
+    for name, cfg in bwd_variants("scale-invariant").items():
+        grads = tb._backward(q, k, v, out, lse, g.bfloat16(), si, 0, True, SCALE, cfg)
+        errs = {f"d{n}": kh._rel(a, r) for n, a, r in zip("qkv", grads, rg)}
+        rows.append(dict(part="bwd", variant=name, **errs))
+        kh.log("accuracy bwd", name, {k_: f"{v_:.2e}" for k_, v_ in errs.items()})
+    return rows
+
+
+def _time_at(t, b, rows):
+    import torch
+
+    import siattn.backends.triton as tb
+    from siattn.backends.transforms import LogitTransform
+
+    torch.manual_seed(t)
+    q, k, v = (torch.randn(b, 6, t, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    for kind in ("scale-invariant", "none"):
+        tr = LogitTransform(kind)
+        for name, cfg in fwd_variants(kind).items():
+            try:
+                ms = kh._time(lambda cfg=cfg, tr=tr: tb._forward(q, k, v, tr, 0, True, SCALE, cfg), 100)
+            except Exception as err:
+                kh.log("failed fwd", t, kind, name, type(err).__name__, str(err)[:300])
+                continue
+            rows.append(dict(T=t, B=b, kind=kind, part="fwd", variant=name, ms=ms))
+            kh.log(f"fwd T={t} {kind:16s} {name:20s} {ms:.3f} ms")
+        out, lse = tb._forward(q, k, v, tr, 0, True, SCALE)
+        dout = torch.randn_like(out)
+        for name, cfg in bwd_variants(kind).items():
+            def fn(cfg=cfg, tr=tr, out=out, lse=lse, dout=dout):
+                return tb._backward(q, k, v, out, lse, dout, tr, 0, True, SCALE, cfg)
+            try:
+                ms = kh._time(fn, 100)
+            except Exception as err:
+                kh.log("failed bwd", t, kind, name, type(err).__name__, str(err)[:300])
+                continue
+            rows.append(dict(T=t, B=b, kind=kind, part="bwd", variant=name, ms=ms))
+            kh.log(f"bwd T={t} {kind:16s} {name:20s} {ms:.3f} ms")
+        del out, lse, dout
+
+
+def _profile(fwd_cfg, bwd_cfg, label):
+    """CUDA time of every kernel in one forward+backward (autograd) at 4k × 8, scale-invariant."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import siattn.backends.triton as tb
+    from siattn.backends.transforms import LogitTransform
+
+    si = LogitTransform("scale-invariant")
+    q, k, v = (torch.randn(8, 6, 4096, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    g = torch.randn_like(q)
+
+    def step():
+        out = tb.flash_attention(q, k, v, transform=si, q_offset=0, causal=True, scale=SCALE, fwd_config=fwd_cfg,
+                                 bwd_config=bwd_cfg)
+        return torch.autograd.grad(out, (q, k, v), g)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        if ev.device_type.name == "CUDA" and ev.count:
+            rows.append(dict(kernel=ev.key[:90], calls=ev.count, us_per_step=ev.device_time_total / 5))
+    rows.sort(key=lambda r: -r["us_per_step"])
+    total = sum(r["us_per_step"] for r in rows)
+    kh.log(f"profile {label}: {total:.1f} us of kernels per fwd+bwd")
+    for r in rows:
+        kh.log(f"   {r['us_per_step']:8.1f} us  x{r['calls'] // 5}  {r['kernel']}")
+    return dict(label=label, total_us=total, kernels=rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="4096x8,16384x2,65536x1", help="T x B pairs to time")
+    parser.add_argument("--no-tests", action="store_true", help="skip the GPU tests")
+    args = parser.parse_args(argv)
+    sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
+    OUT.mkdir(parents=True, exist_ok=True)
+    import siattn.backends.triton as tb
+
+    jobs = []
+    for kind in ("scale-invariant", "none"):
+        jobs += [(kind, cfg, None) for cfg in fwd_variants(kind).values()]
+        jobs += [(kind, tb.DEFAULT_FWD, cfg) for cfg in bwd_variants(kind).values()]
+    pool = mp.get_context("spawn").Pool(processes=8)
+    pending = [pool.apply_async(_compile_job, (job,)) for job in jobs]
+    pool.close()
+    res = {"pytest_rc": None}
+    if not args.no_tests:
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "4",
+                                "tests/backends/test_triton.py"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=400)
+        kh.log("pytest exit", tests.returncode, tests.stdout.strip().splitlines()[-1] if tests.stdout else "")
+        (OUT / "tma-pytest.txt").write_text(tests.stdout + tests.stderr)
+        res["pytest_rc"] = tests.returncode
+    for r in pending:
+        msg = r.get()
+        kh.log(msg[:200])
+    pool.join()
+    kh.log("precompiled")
+    res["accuracy"] = _accuracy()
+    res["timing"] = []
+    for t, b in sizes:
+        _time_at(t, b, res["timing"])
+        (OUT / "tma_probe.json").write_text(json.dumps(res, indent=1))
+    res["profile"] = [_profile(tb.DEFAULT_FWD, tb.DEFAULT_BWD, "default"),
+                      _profile(dataclasses.replace(tb.DEFAULT_FWD, tma_loads=True),
+                               dataclasses.replace(tb.DEFAULT_BWD, dkdv_tma_loads=True), "tma")]
+    (OUT / "tma_probe.json").write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    kh.T0 = time.time()
+    sys.exit(main())
