@@ -163,6 +163,40 @@ def test_tma_loads_match_reference(case, transform):
                                                                              fused_dq=fused))
 
 
+@pytest.mark.skipif(not CUDA, reason="the interpreter needs no scratch memory for descriptors")
+def test_descriptor_kernels_run_from_every_thread():
+    """Kernels that build TMA descriptors need Triton's scratch allocator, which is set per thread; autograd runs
+    the backward in a thread of its own. A forward in one fresh thread and backwards from another (through
+    autograd, and called directly) all work, whichever thread ran such a kernel first."""
+    import threading
+
+    q, k, v = _inputs(1, 2, 2, 256, 256, 128, torch.bfloat16)
+    fwd = dataclasses.replace(tb.DEFAULT_FWD, tma_loads=True)
+    bwd = dataclasses.replace(tb.DEFAULT_BWD, fused_dq="tma")
+    kw = dict(transform=SI, q_offset=0, causal=True, scale=128**-0.5, fwd_config=fwd, bwd_config=bwd)
+    results = {}
+
+    def in_thread(name, fn):
+        def run():
+            try:
+                results[name] = fn()
+            except Exception as err:  # reported below, with the thread it failed in
+                results[name] = err
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        assert not isinstance(results[name], Exception), f"{name}: {results[name]!r}"
+
+    in_thread("forward", lambda: tb.flash_attention(q, k, v, **kw))
+    out = results["forward"]
+    in_thread("autograd", lambda: torch.autograd.grad(out, (q, k, v), torch.ones_like(out), retain_graph=True))
+    lse = tb._forward(q.detach(), k.detach(), v.detach(), SI, 0, True, 128**-0.5)[1]
+    in_thread("direct", lambda: tb._backward(q.detach(), k.detach(), v.detach(), out.detach(), lse,
+                                             torch.ones_like(out), SI, 0, True, 128**-0.5, bwd))
+    for a, b in zip(results["autograd"], results["direct"]):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-2)
+
+
 def test_tma_loads_need_aligned_rows():
     x = torch.zeros(1, 2, 8, 64, dtype=torch.float16, device=DEVICE)
     assert tb.tma_compatible(x, x.transpose(1, 2).contiguous().transpose(1, 2))

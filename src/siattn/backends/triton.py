@@ -496,15 +496,23 @@ def _fused_mode(setting: str, transform: LogitTransform, parts: tuple[str, ...])
     return 1 if mode == 2 and interpreted() else mode  # the interpreter has no TMA
 
 
-@functools.cache
+def _torch_scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    return torch.empty(size, device="cuda", dtype=torch.int8)
+
+
 def _ensure_tma_allocator() -> None:
-    """Kernels that build TMA descriptors on the device need global scratch memory from Triton's allocator; this
-    installs one backed by torch (once per process, replacing any allocator set before)."""
+    """Kernels that build TMA descriptors on the device need global scratch memory from Triton's allocator. It
+    lives in a context variable, i.e. per thread (autograd runs the backward in a thread of its own), so this
+    runs before every such launch and installs one backed by torch where the current thread has none (an
+    allocator someone else set is kept)."""
+    try:
+        from triton.runtime import _allocation
 
-    def alloc(size: int, alignment: int, stream) -> torch.Tensor:
-        return torch.empty(size, device="cuda", dtype=torch.int8)
-
-    triton.set_allocator(alloc)
+        if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+            return
+    except (ImportError, AttributeError):  # another layout of Triton's internals: install ours every time
+        pass
+    triton.set_allocator(_torch_scratch)
 
 
 class _TritonAttention(torch.autograd.Function):

@@ -1,11 +1,15 @@
-"""H200 probe: tiles read through TMA descriptors (``FwdConfig.tma_loads``, ``BwdConfig.dkdv_tma_loads``).
+"""H200 probe: forward and backward tilings of the Triton kernels, side by side with the defaults.
 
-    PYTHONPATH=src python3 benchmarks/tma_probe.py [--sizes 4096x8,16384x2,65536x1]   (writes $OUT/tma_probe.json)
+    PYTHONPATH=src python3 benchmarks/tiling_probe.py [--set tma|ctas] [--sizes 4096x8,16384x2,65536x1]
+    (writes $OUT/tiling_probe.json)
 
-Compiles the variants in parallel processes while the Triton backend's GPU tests run; then checks each variant
-against the float32 reference at 4k × 2 (scale-invariant), times the forward and the whole backward (delta with
-the accumulator's zeroing, the kernels, the conversion) of every variant at the benchmark sizes, and profiles one
-forward+backward at 4k × 8 kernel by kernel for the default and the TMA configurations.
+Sets: ``tma`` (session 7, call 1): key/value and query/dO tiles read through TMA descriptors
+(``FwdConfig.tma_loads``, ``BwdConfig.dkdv_tma_loads``); ``ctas``: 4-warp programs of 64 queries (forward) or 64
+keys (dK/dV), two of which share an SM and, unlike the two warpgroups of one 8-warp program, never wait for each
+other at a barrier. Compiles the variants in parallel processes while the Triton backend's GPU tests run; then
+checks each variant against the float32 reference at 4k × 2 (scale-invariant), times the forward and the whole
+backward (delta with the accumulator's zeroing, the kernels, the conversion) of every variant at the benchmark
+sizes, times forward+backward through autograd at 4k × 8, and profiles it kernel by kernel.
 """
 
 from __future__ import annotations
@@ -28,34 +32,49 @@ OUT = Path(os.environ.get("OUT", ROOT / "bench_out"))
 SCALE = 128**-0.5
 
 
+SET = {"name": "ctas"}
+
+
 def fwd_variants(kind: str) -> dict:
     import siattn.backends.triton as tb
 
     base = tb.DEFAULT_FWD
-    tma = dataclasses.replace(base, tma_loads=True)
-    out = {"base": base, "tma": tma, "tma s4": dataclasses.replace(tma, num_stages=4),
-           "tma 128x128 s2": dataclasses.replace(tma, block_n=128, num_stages=2),
-           "tma 64x64 w4 s2": dataclasses.replace(tma, block_m=64, num_warps=4, num_stages=2)}
-    if kind != "scale-invariant":
-        del out["tma s4"]
-    return out
+    if SET["name"] == "tma":
+        tma = dataclasses.replace(base, tma_loads=True)
+        out = {"base": base, "tma": tma, "tma s4": dataclasses.replace(tma, num_stages=4),
+               "tma 128x128 s2": dataclasses.replace(tma, block_n=128, num_stages=2),
+               "tma 64x64 w4 s2": dataclasses.replace(tma, block_m=64, num_warps=4, num_stages=2)}
+        if kind != "scale-invariant":
+            del out["tma s4"]
+        return out
+    small = dataclasses.replace(base, block_m=64, num_warps=4, num_stages=2)
+    return {"base": base, "64x64 w4 s2": small, "tma 64x64 w4 s2": dataclasses.replace(small, tma_loads=True),
+            "64x64 w4 s3": dataclasses.replace(small, num_stages=3)}
 
 
 def bwd_variants(kind: str) -> dict:
     import siattn.backends.triton as tb
 
     base = tb.DEFAULT_BWD
-    tma = dataclasses.replace(base, dkdv_tma_loads=True)
-    out = {"base": base, "tma": tma,
-           "tma s2": dataclasses.replace(tma, dkdv_stages=2),
-           "tma 32x64 w4 s2": dataclasses.replace(tma, dkdv_n=64, dkdv_warps=4, dkdv_stages=2),
-           "tma 32x64 w4 s3": dataclasses.replace(tma, dkdv_n=64, dkdv_warps=4, dkdv_stages=3)}
-    if kind == "scale-invariant":  # the autotuner's choice at 16k and 64k in session 6, with and without TMA
-        late = dataclasses.replace(base, dkdv_poly=3, dkdv_early_dp=False)
-        out["poly3 late-dP"] = late
-        out["tma poly3 late-dP"] = dataclasses.replace(late, dkdv_tma_loads=True)
-    else:
-        del out["tma s2"], out["tma 32x64 w4 s3"]
+    if SET["name"] == "tma":
+        tma = dataclasses.replace(base, dkdv_tma_loads=True)
+        out = {"base": base, "tma": tma,
+               "tma s2": dataclasses.replace(tma, dkdv_stages=2),
+               "tma 32x64 w4 s2": dataclasses.replace(tma, dkdv_n=64, dkdv_warps=4, dkdv_stages=2),
+               "tma 32x64 w4 s3": dataclasses.replace(tma, dkdv_n=64, dkdv_warps=4, dkdv_stages=3)}
+        if kind == "scale-invariant":  # the autotuner's choice at 16k and 64k in session 6, with and without TMA
+            late = dataclasses.replace(base, dkdv_poly=3, dkdv_early_dp=False)
+            out["poly3 late-dP"] = late
+            out["tma poly3 late-dP"] = dataclasses.replace(late, dkdv_tma_loads=True)
+        else:
+            del out["tma s2"], out["tma 32x64 w4 s3"]
+        return out
+    small = dataclasses.replace(base, dkdv_n=64, dkdv_warps=4, dkdv_stages=3)
+    out = {"base": base, "32x64 w4 s3": small, "32x64 w4 s2": dataclasses.replace(small, dkdv_stages=2)}
+    if kind == "scale-invariant":
+        out["poly3 late-dP"] = dataclasses.replace(base, dkdv_poly=3, dkdv_early_dp=False)
+        out["32x64 w4 s3 late-dP"] = dataclasses.replace(small, dkdv_early_dp=False)
+        out["32x64 w4 s3 poly3 late-dP"] = dataclasses.replace(small, dkdv_poly=3, dkdv_early_dp=False)
     return out
 
 
@@ -143,7 +162,8 @@ def _time_at(t, b, rows):
 
 
 def _profile(fwd_cfg, bwd_cfg, label):
-    """CUDA time of every kernel in one forward+backward (autograd) at 4k × 8, scale-invariant."""
+    """Forward+backward through autograd at 4k × 8, scale-invariant: its time (as ``siattn bench`` takes it) and
+    the CUDA time of every kernel in it."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -160,8 +180,8 @@ def _profile(fwd_cfg, bwd_cfg, label):
                                  bwd_config=bwd_cfg)
         return torch.autograd.grad(out, (q, k, v), g)
 
-    for _ in range(3):
-        step()
+    ms = kh._time(step, 100)
+    kh.log(f"fwd+bwd (autograd) T=4096 x 8 {label}: {ms:.3f} ms")
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
@@ -176,14 +196,16 @@ def _profile(fwd_cfg, bwd_cfg, label):
     kh.log(f"profile {label}: {total:.1f} us of kernels per fwd+bwd")
     for r in rows:
         kh.log(f"   {r['us_per_step']:8.1f} us  x{r['calls'] // 5}  {r['kernel']}")
-    return dict(label=label, total_us=total, kernels=rows)
+    return dict(label=label, fwd_bwd_ms=ms, total_us=total, kernels=rows)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", choices=["tma", "ctas"], default="ctas", help="which variants (see above)")
     parser.add_argument("--sizes", default="4096x8,16384x2,65536x1", help="T x B pairs to time")
     parser.add_argument("--no-tests", action="store_true", help="skip the GPU tests")
     args = parser.parse_args(argv)
+    SET["name"] = args.set
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
     OUT.mkdir(parents=True, exist_ok=True)
     import siattn.backends.triton as tb
@@ -201,7 +223,7 @@ def main(argv=None) -> int:
                                 "tests/backends/test_triton.py"], cwd=ROOT, capture_output=True, text=True,
                                timeout=400)
         kh.log("pytest exit", tests.returncode, tests.stdout.strip().splitlines()[-1] if tests.stdout else "")
-        (OUT / "tma-pytest.txt").write_text(tests.stdout + tests.stderr)
+        (OUT / "tiling-pytest.txt").write_text(tests.stdout + tests.stderr)
         res["pytest_rc"] = tests.returncode
     for r in pending:
         msg = r.get()
@@ -212,11 +234,13 @@ def main(argv=None) -> int:
     res["timing"] = []
     for t, b in sizes:
         _time_at(t, b, res["timing"])
-        (OUT / "tma_probe.json").write_text(json.dumps(res, indent=1))
+        (OUT / "tiling_probe.json").write_text(json.dumps(res, indent=1))
+    fwd_small = dataclasses.replace(tb.DEFAULT_FWD, block_m=64, num_warps=4, num_stages=2)
+    bwd_small = dataclasses.replace(tb.DEFAULT_BWD, dkdv_n=64, dkdv_warps=4, dkdv_stages=3)
     res["profile"] = [_profile(tb.DEFAULT_FWD, tb.DEFAULT_BWD, "default"),
-                      _profile(dataclasses.replace(tb.DEFAULT_FWD, tma_loads=True),
-                               dataclasses.replace(tb.DEFAULT_BWD, dkdv_tma_loads=True), "tma")]
-    (OUT / "tma_probe.json").write_text(json.dumps(res, indent=1))
+                      _profile(fwd_small, tb.DEFAULT_BWD, "fwd 64x64 w4 s2"),
+                      _profile(fwd_small, bwd_small, "fwd 64x64 w4 s2, dkdv 32x64 w4 s3")]
+    (OUT / "tiling_probe.json").write_text(json.dumps(res, indent=1))
     return 0
 
 
