@@ -43,7 +43,12 @@ def ptxas_report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> d
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    params = list(inspect.signature(kernel.fn).parameters)
+    signature = inspect.signature(kernel.fn).parameters
+    params = list(signature)
+    # constexpr parameters left out take their defaults (else they would be compiled as run-time integers)
+    constexprs = {**{p: d.default for p, d in signature.items()
+                     if "constexpr" in str(d.annotation) and d.default is not inspect.Parameter.empty},
+                  **constexprs}
 
     def arg_type(name: str) -> str:
         if name in constexprs:

@@ -197,6 +197,16 @@ def test_descriptor_kernels_run_from_every_thread():
         assert torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-2)
 
 
+def test_default_forward_tiling_depends_on_transform_and_alignment():
+    x = torch.zeros(1, 2, 64, 64, dtype=DTYPES[0], device=DEVICE)
+    expected_si = tb.DEFAULT_FWD_SI if CUDA else tb.DEFAULT_FWD  # the interpreter reads no descriptors by default
+    assert tb.default_fwd_config(SI, x, x) == expected_si
+    assert tb.default_fwd_config(LogitTransform("none"), x, x) == tb.DEFAULT_FWD
+    odd = torch.zeros(1, 2, 64, 66, dtype=DTYPES[0], device=DEVICE)[..., 1:65]  # rows not 16-byte aligned
+    assert tb.default_fwd_config(SI, odd, odd) == tb.DEFAULT_FWD
+    _check((1, 2, 2, 70, 70, 0, 64), SI, fwd_config=tb.default_fwd_config(SI, odd, odd))
+
+
 def test_tma_loads_need_aligned_rows():
     x = torch.zeros(1, 2, 8, 64, dtype=torch.float16, device=DEVICE)
     assert tb.tma_compatible(x, x.transpose(1, 2).contiguous().transpose(1, 2))
