@@ -4,12 +4,15 @@
     (writes $OUT/tiling_probe.json)
 
 Sets: ``tma`` (session 7, call 1): key/value and query/dO tiles read through TMA descriptors
-(``FwdConfig.tma_loads``, ``BwdConfig.dkdv_tma_loads``); ``ctas``: 4-warp programs of 64 queries (forward) or 64
-keys (dK/dV), two of which share an SM and, unlike the two warpgroups of one 8-warp program, never wait for each
-other at a barrier. Compiles the variants in parallel processes while the Triton backend's GPU tests run; then
-checks each variant against the float32 reference at 4k × 2 (scale-invariant), times the forward and the whole
-backward (delta with the accumulator's zeroing, the kernels, the conversion) of every variant at the benchmark
-sizes, times forward+backward through autograd at 4k × 8, and profiles it kernel by kernel.
+(``FwdConfig.tma_loads``, ``BwdConfig.dkdv_tma_loads``); ``ctas`` (call 2): 4-warp programs of 64 queries
+(forward) or 64 keys (dK/dV), two of which share an SM and, unlike the two warpgroups of one 8-warp program,
+never wait for each other at a barrier; ``narrow`` (call 4): 64 × 32 forward tiles through TMA (167 registers:
+three programs per SM) and a 4-stage dK/dV pipeline.
+
+Compiles the variants in parallel processes while the Triton backend's GPU tests run; then checks each variant
+against the float32 reference at 4k × 2 (scale-invariant), times the forward and the whole backward (delta with
+the accumulator's zeroing, the kernels, the conversion) of every variant at the benchmark sizes, times
+forward+backward through autograd at 4k × 8, and profiles it kernel by kernel.
 """
 
 from __future__ import annotations
@@ -47,6 +50,14 @@ def fwd_variants(kind: str) -> dict:
         if kind != "scale-invariant":
             del out["tma s4"]
         return out
+    if SET["name"] == "narrow":
+        si = tb.DEFAULT_FWD_SI
+        if kind != "scale-invariant":
+            return {"base": base}
+        return {"base": base, "64x64 w4 s2 tma": si,
+                "64x32 w4 s3 tma": dataclasses.replace(si, block_n=32, num_stages=3),
+                "64x32 w4 s4 tma": dataclasses.replace(si, block_n=32, num_stages=4),
+                "64x32 w4 s2 tma": dataclasses.replace(si, block_n=32, num_stages=2)}
     small = dataclasses.replace(base, block_m=64, num_warps=4, num_stages=2)
     return {"base": base, "64x64 w4 s2": small, "tma 64x64 w4 s2": dataclasses.replace(small, tma_loads=True),
             "64x64 w4 s3": dataclasses.replace(small, num_stages=3)}
@@ -68,6 +79,14 @@ def bwd_variants(kind: str) -> dict:
             out["tma poly3 late-dP"] = dataclasses.replace(late, dkdv_tma_loads=True)
         else:
             del out["tma s2"], out["tma 32x64 w4 s3"]
+        return out
+    if SET["name"] == "narrow":
+        s4 = dataclasses.replace(base, dkdv_stages=4)
+        out = {"base": base, "s4": s4}
+        if kind == "scale-invariant":
+            out["s4 late-dP"] = dataclasses.replace(s4, dkdv_early_dp=False)
+            out["s4 poly3 late-dP"] = dataclasses.replace(s4, dkdv_poly=3, dkdv_early_dp=False)
+            out["poly3 late-dP"] = dataclasses.replace(base, dkdv_poly=3, dkdv_early_dp=False)
         return out
     small = dataclasses.replace(base, dkdv_n=64, dkdv_warps=4, dkdv_stages=3)
     out = {"base": base, "32x64 w4 s3": small, "32x64 w4 s2": dataclasses.replace(small, dkdv_stages=2)}
@@ -201,7 +220,7 @@ def _profile(fwd_cfg, bwd_cfg, label):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", choices=["tma", "ctas"], default="ctas", help="which variants (see above)")
+    parser.add_argument("--set", choices=["tma", "ctas", "narrow"], default="ctas", help="which variants (see above)")
     parser.add_argument("--sizes", default="4096x8,16384x2,65536x1", help="T x B pairs to time")
     parser.add_argument("--no-tests", action="store_true", help="skip the GPU tests")
     args = parser.parse_args(argv)
@@ -235,11 +254,17 @@ def main(argv=None) -> int:
     for t, b in sizes:
         _time_at(t, b, res["timing"])
         (OUT / "tiling_probe.json").write_text(json.dumps(res, indent=1))
-    fwd_small = dataclasses.replace(tb.DEFAULT_FWD, block_m=64, num_warps=4, num_stages=2)
-    bwd_small = dataclasses.replace(tb.DEFAULT_BWD, dkdv_n=64, dkdv_warps=4, dkdv_stages=3)
-    res["profile"] = [_profile(tb.DEFAULT_FWD, tb.DEFAULT_BWD, "default"),
-                      _profile(fwd_small, tb.DEFAULT_BWD, "fwd 64x64 w4 s2"),
-                      _profile(fwd_small, bwd_small, "fwd 64x64 w4 s2, dkdv 32x64 w4 s3")]
+    if SET["name"] == "narrow":
+        fwd_narrow = dataclasses.replace(tb.DEFAULT_FWD_SI, block_n=32, num_stages=3)
+        bwd_s4 = dataclasses.replace(tb.DEFAULT_BWD, dkdv_stages=4)
+        res["profile"] = [_profile(None, None, "default"), _profile(None, bwd_s4, "dkdv s4"),
+                          _profile(fwd_narrow, bwd_s4, "fwd 64x32 w4 s3 tma, dkdv s4")]
+    else:
+        fwd_small = dataclasses.replace(tb.DEFAULT_FWD, block_m=64, num_warps=4, num_stages=2)
+        bwd_small = dataclasses.replace(tb.DEFAULT_BWD, dkdv_n=64, dkdv_warps=4, dkdv_stages=3)
+        res["profile"] = [_profile(tb.DEFAULT_FWD, tb.DEFAULT_BWD, "default"),
+                          _profile(fwd_small, tb.DEFAULT_BWD, "fwd 64x64 w4 s2"),
+                          _profile(fwd_small, bwd_small, "fwd 64x64 w4 s2, dkdv 32x64 w4 s3")]
     (OUT / "tiling_probe.json").write_text(json.dumps(res, indent=1))
     return 0
 
