@@ -7,7 +7,8 @@ Sets: ``tma`` (session 7, call 1): key/value and query/dO tiles read through TMA
 (``FwdConfig.tma_loads``, ``BwdConfig.dkdv_tma_loads``); ``ctas`` (call 2): 4-warp programs of 64 queries
 (forward) or 64 keys (dK/dV), two of which share an SM and, unlike the two warpgroups of one 8-warp program,
 never wait for each other at a barrier; ``narrow`` (call 4): 64 × 32 forward tiles through TMA (167 registers:
-three programs per SM) and a 4-stage dK/dV pipeline.
+three programs per SM) and a 4-stage dK/dV pipeline; ``stages``: 3 to 6 stages in the dK/dV kernel, then
+forward+backward of FlexAttention with the transform and of this kernel (defaults) as ``siattn bench`` times them.
 
 Compiles the variants in parallel processes while the Triton backend's GPU tests run; then checks each variant
 against the float32 reference at 4k × 2 (scale-invariant), times the forward and the whole backward (delta with
@@ -50,6 +51,8 @@ def fwd_variants(kind: str) -> dict:
         if kind != "scale-invariant":
             del out["tma s4"]
         return out
+    if SET["name"] == "stages":
+        return {"default": None}  # default_fwd_config
     if SET["name"] == "narrow":
         si = tb.DEFAULT_FWD_SI
         if kind != "scale-invariant":
@@ -80,6 +83,8 @@ def bwd_variants(kind: str) -> dict:
         else:
             del out["tma s2"], out["tma 32x64 w4 s3"]
         return out
+    if SET["name"] == "stages":
+        return {"s3": base, **{f"s{n}": dataclasses.replace(base, dkdv_stages=n) for n in (4, 5, 6)}}
     if SET["name"] == "narrow":
         s4 = dataclasses.replace(base, dkdv_stages=4)
         out = {"base": base, "s4": s4}
@@ -220,7 +225,8 @@ def _profile(fwd_cfg, bwd_cfg, label):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", choices=["tma", "ctas", "narrow"], default="ctas", help="which variants (see above)")
+    parser.add_argument("--set", choices=["tma", "ctas", "narrow", "stages"], default="stages",
+                        help="which variants (see above)")
     parser.add_argument("--sizes", default="4096x8,16384x2,65536x1", help="T x B pairs to time")
     parser.add_argument("--no-tests", action="store_true", help="skip the GPU tests")
     args = parser.parse_args(argv)
@@ -254,7 +260,15 @@ def main(argv=None) -> int:
     for t, b in sizes:
         _time_at(t, b, res["timing"])
         (OUT / "tiling_probe.json").write_text(json.dumps(res, indent=1))
-    if SET["name"] == "narrow":
+    if SET["name"] == "stages":  # both fwd+bwd as `siattn bench` times them, in this call, with the defaults
+        from siattn.recipes.bench import _time_prefill
+
+        res["prefill_4k"] = [_time_prefill(name, 4096, 8, 6, 6, 128, 10.0, True, 100)
+                             for name in ("flex-si", "triton-si")]
+        for row in res["prefill_4k"]:
+            kh.log("prefill 4k x 8", row)
+        res["profile"] = [_profile(None, None, "default")]
+    elif SET["name"] == "narrow":
         fwd_narrow = dataclasses.replace(tb.DEFAULT_FWD_SI, block_n=32, num_stages=3)
         bwd_s4 = dataclasses.replace(tb.DEFAULT_BWD, dkdv_stages=4)
         res["profile"] = [_profile(None, None, "default"), _profile(None, bwd_s4, "dkdv s4"),
