@@ -97,15 +97,15 @@ def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, obj
         if "fwd" in kernels:
             for c in tb.FWD_CANDIDATES:
                 const = dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, LAZY=c.lazy, BOUND=c.bound and mode == "si",
-                             STATIC=c.static)
+                             STATIC=c.static, TMA_LOADS=c.tma_loads)
                 tiling = (f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages}" + " lazy" * c.lazy
-                          + " bound" * (c.bound and mode == "si") + " static" * c.static)
+                          + " bound" * (c.bound and mode == "si") + " static" * c.static + " tma" * c.tma_loads)
                 out.append(("fwd", mode, tiling, tk.fwd_kernel, const, c.num_warps, c.num_stages))
         if "dkdv" in kernels:
             for c in tb.DKDV_CANDIDATES:
                 for fused in (0, 2) if mode == "si" else (0,):  # the fused dQ (TMA) is used for "si" only
                     const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly,
-                                 EARLY_DP=c.dkdv_early_dp, FUSED_DQ=fused)
+                                 EARLY_DP=c.dkdv_early_dp, FUSED_DQ=fused, TMA_LOADS=c.dkdv_tma_loads)
                     tiling = (f"{c.dkdv_m}x{c.dkdv_n} w{c.dkdv_warps} s{c.dkdv_stages} poly{c.dkdv_poly}"
                               + " early-dP" * c.dkdv_early_dp + " fused-dQ" * bool(fused))
                     out.append(("dkdv", mode, tiling, tk.bwd_dkdv_kernel, const, c.dkdv_warps, c.dkdv_stages))
