@@ -409,7 +409,7 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], t1, t2, t3,
         )
         tma = c.tma_loads and tma_compatible(k, v)
-        if tma and not interpreted():
+        if tma:
             _ensure_tma_allocator()
         const = dict(HEAD_DIM=dim, BLOCK_M=c.block_m, BLOCK_N=c.block_n, MODE=_MODES[transform.kind],
                      CAUSAL=causal, LAZY=c.lazy, BOUND=c.bound and transform.kind == "scale-invariant",
@@ -458,7 +458,7 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
     def launch_dkdv(c: BwdConfig, dq_acc: torch.Tensor | None = None, fused: int = 0):
         coef, slopes, _, th = _transform_args(transform, scale, c.dkdv_m, q_offset + tq, heads, q.device, causal)
         tma = c.dkdv_tma_loads and tma_compatible(q, dout)
-        if fused == 2 or (tma and not interpreted()):
+        if fused == 2 or tma:
             _ensure_tma_allocator()
         _k.bwd_dkdv_kernel[_grid(c.section, triton.cdiv(tk, c.dkdv_n), batch * hkv, q.device)](
             q, k, v, dout, lse, delta, dk, dv, dq_acc if fused else delta, coef, slopes,
@@ -527,7 +527,9 @@ def _ensure_tma_allocator() -> None:
     """Kernels that build TMA descriptors on the device need global scratch memory from Triton's allocator. It
     lives in a context variable, i.e. per thread (autograd runs the backward in a thread of its own), so this
     runs before every such launch and installs one backed by torch where the current thread has none (an
-    allocator someone else set is kept)."""
+    allocator someone else set is kept). The interpreter needs none."""
+    if interpreted():
+        return
     try:
         from triton.runtime import _allocation
 
