@@ -82,38 +82,19 @@ def _accuracy():
     g = torch.randn_like(ref)
     rg = torch.autograd.grad(ref, (qf, kf, vf), g)
     out, lse = tb._forward(q, k, v, si, 0, True, 128**-0.5)
-    rows = []
-    for name, cfg in variants().items():
-        grads = tb._backward(q, k, v, out, lse, g.bfloat16(), si, 0, True, 128**-0.5, cfg)
-        errs = {f"d{n}": kh._rel(a, r) for n, a, r in zip("qkv", grads, rg)}
-        rows.append(dict(variant=name, **errs))
-        kh.log("accuracy", name, {k_: f"{v_:.2e}" for k_, v_ in errs.items()})
-    return rows
+    return kh.backward_errors(q, k, v, out, lse, g, rg, si, variants())
 
 
 def _time_at(t, b, rows):
     """The whole backward of every variant at (T, B), H = 6, D = 128."""
     import torch
 
-    import siattn.backends.triton as tb
     from siattn.backends.transforms import LogitTransform
 
     torch.manual_seed(t)
     q, k, v = (torch.randn(b, 6, t, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     for kind in ("scale-invariant", "none"):
-        tr = LogitTransform(kind)
-        out, lse = tb._forward(q, k, v, tr, 0, True, 128**-0.5)
-        dout = torch.randn_like(out)
-        for name, cfg in variants().items():
-            def fn(cfg=cfg, tr=tr, out=out, lse=lse, dout=dout):
-                return tb._backward(q, k, v, out, lse, dout, tr, 0, True, 128**-0.5, cfg)
-            try:
-                ms = kh._time(fn, 100)
-            except Exception as err:
-                kh.log("failed", t, kind, name, type(err).__name__, str(err)[:300])
-                continue
-            rows.append(dict(T=t, B=b, kind=kind, variant=name, ms=ms))
-            kh.log(f"bwd T={t} {kind:16s} {name:22s} {ms:.3f} ms")
+        kh.time_backward(q, k, v, LogitTransform(kind), variants(), rows)
 
 
 if __name__ == "__main__":

@@ -194,6 +194,42 @@ def _time(fn, rep_ms, graph=False):
     return do_bench(fn, warmup=10, rep=rep_ms, return_mode="median")
 
 
+def backward_errors(q, k, v, out, lse, g, ref_grads, transform, variants: dict, label="accuracy") -> list[dict]:
+    """Relative error of dq, dk, dv of every named backward config (causal, D = 128 scale) against ``ref_grads``
+    (float32 reference gradients for the output gradient ``g``), one row per variant."""
+    import siattn.backends.triton as tb
+
+    rows = []
+    for name, cfg in variants.items():
+        grads = tb._backward(q, k, v, out, lse, g.bfloat16(), transform, 0, True, 128**-0.5, cfg)
+        errs = {f"d{n}": _rel(a, r) for n, a, r in zip("qkv", grads, ref_grads)}
+        rows.append(dict(variant=name, **errs))
+        log(label, name, {k_: f"{v_:.2e}" for k_, v_ in errs.items()})
+    return rows
+
+
+def time_backward(q, k, v, transform, variants: dict, rows: list, **extra) -> None:
+    """The whole backward (``_backward``: delta, the kernels, the dQ accumulator's zeroing and conversion) of every
+    named config on the default forward's output, causal; appends {T, B, kind, variant, ms, **extra} to rows."""
+    import torch
+
+    import siattn.backends.triton as tb
+
+    b, t, kind = q.shape[0], q.shape[2], transform.kind
+    out, lse = tb._forward(q, k, v, transform, 0, True, 128**-0.5)
+    dout = torch.randn_like(out)
+    for name, cfg in variants.items():
+        def fn(cfg=cfg):
+            return tb._backward(q, k, v, out, lse, dout, transform, 0, True, 128**-0.5, cfg)
+        try:
+            ms = _time(fn, 100)
+        except Exception as err:
+            log("failed bwd", t, kind, name, type(err).__name__, str(err)[:300])
+            continue
+        rows.append(dict(T=t, B=b, kind=kind, **extra, variant=name, ms=ms))
+        log(f"bwd T={t} {kind:16s} {name:22s} {ms:.3f} ms")
+
+
 def _candidate_accuracy(res):
     """Every tuning candidate against the float32 reference (the autotuner may pick any of them)."""
     import torch

@@ -144,12 +144,8 @@ def _accuracy():
         rows.append(dict(part="fwd", variant=name, out=kh._rel(out, ref)))
         kh.log("accuracy fwd", name, f"{rows[-1]['out']:.2e}")
     out, lse = tb._forward(q, k, v, si, 0, True, SCALE)
-    for name, cfg in bwd_variants("scale-invariant").items():
-        grads = tb._backward(q, k, v, out, lse, g.bfloat16(), si, 0, True, SCALE, cfg)
-        errs = {f"d{n}": kh._rel(a, r) for n, a, r in zip("qkv", grads, rg)}
-        rows.append(dict(part="bwd", variant=name, **errs))
-        kh.log("accuracy bwd", name, {k_: f"{v_:.2e}" for k_, v_ in errs.items()})
-    return rows
+    bwd = kh.backward_errors(q, k, v, out, lse, g, rg, si, bwd_variants("scale-invariant"), "accuracy bwd")
+    return rows + [dict(part="bwd", **row) for row in bwd]
 
 
 def _time_at(t, b, rows):
@@ -170,19 +166,7 @@ def _time_at(t, b, rows):
                 continue
             rows.append(dict(T=t, B=b, kind=kind, part="fwd", variant=name, ms=ms))
             kh.log(f"fwd T={t} {kind:16s} {name:20s} {ms:.3f} ms")
-        out, lse = tb._forward(q, k, v, tr, 0, True, SCALE)
-        dout = torch.randn_like(out)
-        for name, cfg in bwd_variants(kind).items():
-            def fn(cfg=cfg, tr=tr, out=out, lse=lse, dout=dout):
-                return tb._backward(q, k, v, out, lse, dout, tr, 0, True, SCALE, cfg)
-            try:
-                ms = kh._time(fn, 100)
-            except Exception as err:
-                kh.log("failed bwd", t, kind, name, type(err).__name__, str(err)[:300])
-                continue
-            rows.append(dict(T=t, B=b, kind=kind, part="bwd", variant=name, ms=ms))
-            kh.log(f"bwd T={t} {kind:16s} {name:20s} {ms:.3f} ms")
-        del out, lse, dout
+        kh.time_backward(q, k, v, tr, bwd_variants(kind), rows, part="bwd")
 
 
 def _profile(fwd_cfg, bwd_cfg, label):
