@@ -50,7 +50,15 @@ def ptxas_report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> d
                      if "constexpr" in str(d.annotation) and d.default is not inspect.Parameter.empty},
                   **constexprs}
 
+    # arguments that are host-side TMA descriptors (see siattn.backends.triton._head_descriptor)
+    rows = constexprs.get("BLOCK_N") if kernel.fn.__name__ == "fwd_kernel" else constexprs.get("BLOCK_M")
+    tiles = {"K", "V"} if kernel.fn.__name__ == "fwd_kernel" else {"Q", "DO"}
+
     def arg_type(name: str) -> str:
+        if name == "DQACC" and constexprs.get("FUSED_DQ") == 2:  # the dQ accumulator, reduced into through TMA
+            return f"tensordesc<fp32[{constexprs['HEAD_DIM']}, {constexprs['BLOCK_M']}]>"
+        if name in tiles and constexprs.get("TMA_LOADS"):
+            return f"tensordesc<bf16[1, 1, {rows}, {constexprs['HEAD_DIM']}]>"
         if name in constexprs:
             return "constexpr"
         if name in POINTERS:
@@ -63,7 +71,8 @@ def ptxas_report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> d
 
     # as at run time on contiguous tensors: pointers 16-byte aligned and strides multiples of 16 elements (Triton
     # specialises such arguments with tt.divisibility = 16; without it every load compiles to scalar accesses)
-    aligned = [p for p in params if p not in constexprs and (p in POINTERS or p in FLOAT_POINTERS or is_stride(p))]
+    aligned = [p for p in params if p not in constexprs and (p in POINTERS or p in FLOAT_POINTERS or is_stride(p))
+               and not arg_type(p).startswith("tensordesc")]
     source = ASTSource(fn=kernel, signature={p: arg_type(p) for p in params},
                        constexprs={(params.index(k),): v for k, v in constexprs.items()},
                        attrs={(params.index(p),): [["tt.divisibility", 16]] for p in aligned})

@@ -1,6 +1,7 @@
 """H200 probe: forward and backward tilings of the Triton kernels, side by side with the defaults.
 
-    PYTHONPATH=src python3 benchmarks/tiling_probe.py [--set tma|ctas] [--sizes 4096x8,16384x2,65536x1]
+    PYTHONPATH=src python3 benchmarks/tiling_probe.py [--set tma|ctas|narrow|stages|order]
+        [--sizes 4096x8,16384x2,65536x1]
     (writes $OUT/tiling_probe.json)
 
 Sets: ``tma`` (session 7, call 1): key/value and query/dO tiles read through TMA descriptors
@@ -8,7 +9,10 @@ Sets: ``tma`` (session 7, call 1): key/value and query/dO tiles read through TMA
 (forward) or 64 keys (dK/dV), two of which share an SM and, unlike the two warpgroups of one 8-warp program,
 never wait for each other at a barrier; ``narrow`` (call 4): 64 × 32 forward tiles through TMA (167 registers:
 three programs per SM) and a 4-stage dK/dV pipeline; ``stages``: 3 to 6 stages in the dK/dV kernel, then
-forward+backward of FlexAttention with the transform and of this kernel (defaults) as ``siattn bench`` times them.
+forward+backward of FlexAttention with the transform and of this kernel (defaults) as ``siattn bench`` times them;
+``order`` (session 8): where the fused kernel issues its dQᵀ product (``BwdConfig.fused_dq_order``), for the 8-warp
+kernel and for 4-warp programs of 64 keys with TMA loads (two per SM), then as ``stages`` and a profile of each
+(two interleaved rounds).
 
 Compiles the variants in parallel processes while the Triton backend's GPU tests run; then checks each variant
 against the float32 reference at 4k × 2 (scale-invariant), times the forward and the whole backward (delta with
@@ -51,7 +55,7 @@ def fwd_variants(kind: str) -> dict:
         if kind != "scale-invariant":
             del out["tma s4"]
         return out
-    if SET["name"] == "stages":
+    if SET["name"] in ("stages", "order"):
         return {"default": None}  # default_fwd_config
     if SET["name"] == "narrow":
         si = tb.DEFAULT_FWD_SI
@@ -85,6 +89,18 @@ def bwd_variants(kind: str) -> dict:
         return out
     if SET["name"] == "stages":
         return {"s3": base, **{f"s{n}": dataclasses.replace(base, dkdv_stages=n) for n in (4, 5, 6)}}
+    if SET["name"] == "order":
+        if kind != "scale-invariant":  # the plain backward is not fused: the dQ order does not apply
+            return {"base": base}
+        s4 = dataclasses.replace(base, dkdv_stages=4)
+        w4 = dataclasses.replace(base, dkdv_n=64, dkdv_warps=4, dkdv_stages=3, dkdv_tma_loads=True)
+        return {"w8 s4 dQ after-dk": s4, "w8 s4 dQ before-dv": dataclasses.replace(s4, fused_dq_order="before-dv"),
+                "w8 s3 dQ after-dk": base,
+                "w8 s3 poly3 late-dP": dataclasses.replace(base, dkdv_poly=3, dkdv_early_dp=False),
+                "w8 s4 poly3 late-dP dQ before-dv": dataclasses.replace(s4, dkdv_poly=3, dkdv_early_dp=False,
+                                                                        fused_dq_order="before-dv"),
+                **{f"w4 tma s3 dQ {order}": dataclasses.replace(w4, fused_dq_order=order)
+                   for order in tb.FUSED_DQ_ORDERS}}
     if SET["name"] == "narrow":
         s4 = dataclasses.replace(base, dkdv_stages=4)
         out = {"base": base, "s4": s4}
@@ -209,7 +225,7 @@ def _profile(fwd_cfg, bwd_cfg, label):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", choices=["tma", "ctas", "narrow", "stages"], default="stages",
+    parser.add_argument("--set", choices=["tma", "ctas", "narrow", "stages", "order"], default="stages",
                         help="which variants (see above)")
     parser.add_argument("--sizes", default="4096x8,16384x2,65536x1", help="T x B pairs to time")
     parser.add_argument("--no-tests", action="store_true", help="skip the GPU tests")
@@ -244,7 +260,7 @@ def main(argv=None) -> int:
     for t, b in sizes:
         _time_at(t, b, res["timing"])
         (OUT / "tiling_probe.json").write_text(json.dumps(res, indent=1))
-    if SET["name"] == "stages":  # both fwd+bwd as `siattn bench` times them, in this call, with the defaults
+    if SET["name"] in ("stages", "order"):  # fwd+bwd as `siattn bench` times them, in this call, with the defaults
         from siattn.recipes.bench import _time_prefill
 
         res["prefill_4k"] = [_time_prefill(name, 4096, 8, 6, 6, 128, 10.0, True, 100)
@@ -252,6 +268,9 @@ def main(argv=None) -> int:
         for row in res["prefill_4k"]:
             kh.log("prefill 4k x 8", row)
         res["profile"] = [_profile(None, None, "default")]
+        if SET["name"] == "order":  # two rounds, interleaved, against call-to-call drift
+            res["profile"] += [_profile(None, cfg, f"{name} (round {r})") for r in (1, 2)
+                               for name, cfg in bwd_variants("scale-invariant").items()]
     elif SET["name"] == "narrow":
         fwd_narrow = dataclasses.replace(tb.DEFAULT_FWD_SI, block_n=32, num_stages=3)
         bwd_s4 = dataclasses.replace(tb.DEFAULT_BWD, dkdv_stages=4)

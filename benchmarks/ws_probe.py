@@ -118,7 +118,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "ws-probe"))
     args = parser.parse_args()
-    tri._ensure_tma_allocator()  # the probe kernels build TMA descriptors on the device
+    # the probe kernels build TMA descriptors on the device, which needs Triton's scratch allocator (per thread)
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device="cuda", dtype=torch.int8))
     torch.manual_seed(0)
     rows = measure(4096, 8) + measure(16384, 2)
     out = Path(args.out)

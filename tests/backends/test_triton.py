@@ -150,6 +150,16 @@ def test_backward_with_dq_fused_into_the_dkdv_kernel(case, transform, fused):
     _check(case, transform, bwd_config=dataclasses.replace(base, fused_dq=fused))
 
 
+@pytest.mark.parametrize("order", ["before-dk", "before-dv"])
+@pytest.mark.parametrize("transform", [SI, LogitTransform("alibi")], ids=["si", "alibi"])
+def test_fused_dq_product_order_matches_reference(transform, order):
+    """``BwdConfig.fused_dq_order``: the dQᵀ product issued before dK or before dV gives the same gradients
+    (masked diagonal tiles and a prefix; with the fused dQ through TMA on the GPU, atomics here)."""
+    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
+    for fused in ("atomics", "tma"):
+        _check(CPU_CASES[1], transform, bwd_config=dataclasses.replace(base, fused_dq=fused, fused_dq_order=order))
+
+
 @pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
 @pytest.mark.parametrize("case", CPU_CASES, ids=_cid)
 def test_tma_loads_match_reference(case, transform):
@@ -165,9 +175,10 @@ def test_tma_loads_match_reference(case, transform):
 
 @pytest.mark.skipif(not CUDA, reason="the interpreter needs no scratch memory for descriptors")
 def test_descriptor_kernels_run_from_every_thread():
-    """Kernels that build TMA descriptors need Triton's scratch allocator, which is set per thread; autograd runs
-    the backward in a thread of its own. A forward in one fresh thread and backwards from another (through
-    autograd, and called directly) all work, whichever thread ran such a kernel first."""
+    """The TMA paths (descriptors made on the host) from several threads: autograd runs the backward in a thread
+    of its own, and kernels that built descriptors on the device once needed Triton's per-thread scratch
+    allocator there. A forward in one fresh thread and backwards from another (through autograd, and called
+    directly) all work, whichever thread ran first."""
     import threading
 
     q, k, v = _inputs(1, 2, 2, 256, 256, 128, torch.bfloat16)
@@ -218,6 +229,8 @@ def test_tma_loads_need_aligned_rows():
 def test_fused_dq_config_is_validated():
     with pytest.raises(ValueError, match="fused_dq"):
         tb.BwdConfig(fused_dq="yes")
+    with pytest.raises(ValueError, match="fused_dq_order must be one of"):
+        tb.BwdConfig(fused_dq_order="first")
     q, k, v = _inputs(1, 2, 2, 16, 16, 64, DTYPES[0], grad=False)
     out, lse = tb._forward(q, k, v, SI, 0, True, 0.125)
     with pytest.raises(ValueError, match="parts"):

@@ -31,6 +31,7 @@ from siattn.backends.transforms import LogitTransform, alibi_slopes
 
 try:  # the kernels need triton; the backend still registers without it and says why it cannot run
     import triton
+    from triton.tools.tensor_descriptor import TensorDescriptor
 
     from siattn.backends import triton_kernels as _k
 
@@ -73,7 +74,7 @@ class FwdConfig:
     overflows (about 2^127 in bf16, 2^16 in fp16) is recomputed with the online softmax. It costs a second
     (mostly empty) launch, so it is used from ``static_min_keys`` keys on, where far tiles exist.
     ``section``: the program order (see :func:`heads_per_section`; 0 picks it from the shape). ``tma_loads``:
-    read the key and value tiles with TMA (device-side tensor descriptors) instead of per-thread copies, on CUDA
+    read the key and value tiles with TMA (tensor descriptors made on the host) instead of per-thread copies, on CUDA
     when k and v are 16-byte aligned (see :func:`tma_compatible`); otherwise, and under the interpreter, the
     per-thread loads run."""
 
@@ -95,24 +96,28 @@ class FwdConfig:
 
 
 FUSED_DQ_MODES = {"off": 0, "atomics": 1, "tma": 2}
+FUSED_DQ_ORDERS = {"after-dk": 0, "before-dk": 1, "before-dv": 2}
 
 
 @dataclass(frozen=True)
 class BwdConfig:
-    """Backward tiling: dK/dV programs own ``dkdv_n`` keys and step over ``dkdv_m`` queries; dQ programs own
-    ``dq_m`` queries and step over ``dq_n`` keys. ``dkdv_poly``: far-tile polynomials of the dK/dV kernel
-    (3: orders 3/2/1 by distance, 1: order 3 only, one loop and fewer spilled registers, 0: exact everywhere,
-    the fewest spilled registers; with the fused dQ the fastest at every size on the H200).
-    ``dkdv_early_dp``: the dK/dV kernel issues dPᵀ = V·dOᵀ right after Sᵀ = K·Qᵀ instead of after the dV update
-    (fewer spilled registers; 3–8% faster on the H200; the same order made the dQ kernel slower, so it keeps
-    dP after P). ``fused_dq``: "off" runs a separate dQ kernel (which recomputes S and dP); "atomics" or
-    "tma" let the dK/dV kernel also accumulate dQ in float32 (one more product per tile, added through per-element
-    atomics or TMA bulk reductions; the interpreter has no TMA and uses atomics); "auto" is "tma" for the
-    scale-invariant transform on CUDA (H200, whole backward: −8.5% / −5% / −3% at 4k / 16k / 64k) and "off"
-    otherwise (the plain kernel was 4–5% slower fused). Float atomics add in no fixed order, so a fused dQ is
-    not bitwise reproducible from run to run; "off" is. ``section``: the program order of both kernels (see
-    :func:`heads_per_section`; 0 picks it from the shape). ``dkdv_tma_loads``: the dK/dV kernel reads its query
-    and dO tiles with TMA (as ``FwdConfig.tma_loads``)."""
+    """Backward tiling: dK/dV programs own ``dkdv_n`` keys and step over ``dkdv_m`` queries; dQ programs own ``dq_m``
+    queries and step over ``dq_n`` keys. ``dkdv_poly``: far-tile polynomials of the dK/dV kernel (3: orders 3/2/1 by
+    distance, 1: order 3 only, one loop and fewer spilled registers, 0: exact everywhere, the fewest spilled
+    registers). ``dkdv_early_dp``: the dK/dV kernel issues dPᵀ = V·dOᵀ right after Sᵀ = K·Qᵀ instead of after the dV
+    update (fewer spilled registers; with the exact transform 3–8% faster on the H200; the same order made the dQ
+    kernel slower, so it keeps dP after P). The scale-invariant default (``DEFAULT_BWD_SI``) combines the
+    polynomials, dP after P and the dQᵀ product before dV. ``fused_dq``: "off" runs a separate dQ kernel (which
+    recomputes S and dP); "atomics" or "tma" let the dK/dV kernel also accumulate dQ in float32 (one more product
+    per tile, added through per-element atomics or TMA bulk reductions; the interpreter has no TMA and uses
+    atomics); "auto" is "tma" for the scale-invariant transform on CUDA (H200, whole backward: −8.5% / −5% / −3% at
+    4k / 16k / 64k) and "off" otherwise (the plain kernel was 4–5% slower fused). Float atomics add in no fixed
+    order, so a fused dQ is not bitwise reproducible from run to run; "off" is. ``section``: the program order of
+    both kernels (see :func:`heads_per_section`; 0 picks it from the shape). ``dkdv_tma_loads``: the dK/dV kernel
+    reads its query and dO tiles with TMA (as ``FwdConfig.tma_loads``). ``fused_dq_order``: where the fused kernel
+    issues its dQᵀ product: "after-dk" (dV, dK, dQᵀ), "before-dk" (dV, dQᵀ, dK: the dK product then runs on during
+    the reduction and the next step's loads, since Triton waits for the dQᵀ product, and every product issued before
+    it, right away) or "before-dv" (dQᵀ, dV, dK: both accumulating products run on)."""
 
     dkdv_m: int = 32
     dkdv_n: int = 128
@@ -127,12 +132,15 @@ class BwdConfig:
     fused_dq: str = "auto"
     section: int = 0
     dkdv_tma_loads: bool = False
+    fused_dq_order: str = "after-dk"
 
     def __post_init__(self) -> None:
         if self.dkdv_poly not in (0, 1, 3):
             raise ValueError(f"dkdv_poly must be 0, 1 or 3, got {self.dkdv_poly!r}")
         if self.fused_dq not in (*FUSED_DQ_MODES, "auto"):
             raise ValueError(f"fused_dq must be one of {[*FUSED_DQ_MODES, 'auto']}, got {self.fused_dq!r}")
+        if self.fused_dq_order not in FUSED_DQ_ORDERS:
+            raise ValueError(f"fused_dq_order must be one of {list(FUSED_DQ_ORDERS)}, got {self.fused_dq_order!r}")
         _check_section(self.section)
 
 
@@ -155,9 +163,11 @@ DEFAULT_FWD = FwdConfig()
 # −1% at 4k / 16k / 64k against DEFAULT_FWD, but slower with per-thread loads (+6%) and for plain attention
 DEFAULT_FWD_SI = FwdConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, tma_loads=True)
 DEFAULT_BWD = BwdConfig()
-# scale-invariant backward (dQ fused into the dK/dV kernel): a 4-stage pipeline of query tiles; on the H200 −3% /
-# −2% / −3% at 4k / 16k / 64k against 3 stages (the split plain backward is 3% slower with it)
-DEFAULT_BWD_SI = BwdConfig(dkdv_stages=4)
+# scale-invariant backward (dQ fused into the dK/dV kernel): a 4-stage pipeline of query tiles, the far-tile
+# polynomials, dPᵀ after P, and the dQᵀ product issued before dV and dK (which then run during the reduction and
+# the next step's loads); on the H200 (session 8, two calls) −3% / −9% / −9% at 4k / 16k / 64k against session 7's
+# 4-stage exact kernel with dPᵀ first and dQᵀ last
+DEFAULT_BWD_SI = BwdConfig(dkdv_stages=4, dkdv_poly=3, dkdv_early_dp=False, fused_dq_order="before-dv")
 DEFAULT_DECODE = DecodeConfig()
 INTERPRETER_FWD = FwdConfig(16, 16, 1, 1, False, True, False)
 INTERPRETER_BWD = BwdConfig(16, 16, 1, 1, 16, 16, 1, 1)
@@ -190,6 +200,9 @@ DKDV_CANDIDATES = (  # also the candidates of the dK/dV kernel with the fused dQ
     # dP after P, the order before session 6
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_early_dp=False),
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=3, dkdv_early_dp=False),
+    # the fused kernel's dQᵀ product before dV and dK (session 8; the fused default)
+    DEFAULT_BWD_SI,
+    BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=4, fused_dq_order="before-dv"),
 )
 DQ_CANDIDATES = (
     BwdConfig(dq_m=128, dq_n=64, dq_warps=8, dq_stages=3),
@@ -357,6 +370,13 @@ def _grid(section: int, n_tiles: int, n_heads: int, device: torch.device) -> tup
     return section, n_tiles, math.ceil(n_heads / section)
 
 
+def _head_descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
+    """Host-side TMA descriptor of a (B, H, T, D) tensor (any strides :func:`tma_compatible` accepts) read in
+    (rows, D) tiles of one head (``triton_kernels._head_tile``); it is passed to the kernel as a launch argument,
+    so no program builds a tensor map on the device."""
+    return TensorDescriptor(x, shape=list(x.shape), strides=list(x.stride()), block_shape=[1, 1, rows, x.shape[-1]])
+
+
 def tma_compatible(*tensors: torch.Tensor) -> bool:
     """Whether the kernels may read these (B, H, T, D) tensors through TMA descriptors of one head's (T, D)
     rows: on CUDA or under the interpreter, with the start of every head's rows and the row stride 16-byte
@@ -401,16 +421,15 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
         grid = _grid(c.section, n_blocks, batch * heads, q.device)
         static = c.static and tk >= c.static_min_keys
         flags = torch.empty(n_blocks * batch * heads, device=q.device, dtype=torch.int32) if static else lse
+        tma = c.tma_loads and tma_compatible(k, v)
+        k_arg, v_arg = (_head_descriptor(k, c.block_n), _head_descriptor(v, c.block_n)) if tma else (k, v)
         args = (
-            q, k, v, out, lse, coef, slopes, flags,
+            q, k_arg, v_arg, out, lse, coef, slopes, flags,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             batch * heads, heads, heads // hkv, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], t1, t2, t3,
         )
-        tma = c.tma_loads and tma_compatible(k, v)
-        if tma:
-            _ensure_tma_allocator()
         const = dict(HEAD_DIM=dim, BLOCK_M=c.block_m, BLOCK_N=c.block_n, MODE=_MODES[transform.kind],
                      CAUSAL=causal, LAZY=c.lazy, BOUND=c.bound and transform.kind == "scale-invariant",
                      USE_ASM=_use_asm(), TMA_LOADS=tma, num_warps=c.num_warps, num_stages=c.num_stages)
@@ -458,10 +477,14 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
     def launch_dkdv(c: BwdConfig, dq_acc: torch.Tensor | None = None, fused: int = 0):
         coef, slopes, _, th = _transform_args(transform, scale, c.dkdv_m, q_offset + tq, heads, q.device, causal)
         tma = c.dkdv_tma_loads and tma_compatible(q, dout)
-        if fused == 2 or tma:
-            _ensure_tma_allocator()
+        q_arg, do_arg = (_head_descriptor(q, c.dkdv_m), _head_descriptor(dout, c.dkdv_m)) if tma else (q, dout)
+        if fused == 2:  # TMA reductions into the accumulator seen as (B·H·D, Tq): one head's dQᵀ is D rows
+            dq_arg = TensorDescriptor(dq_acc.view(-1, dq_pitch), shape=[batch * heads * dim, tq], strides=[dq_pitch, 1],
+                                      block_shape=[dim, c.dkdv_m])
+        else:
+            dq_arg = dq_acc if fused else delta
         _k.bwd_dkdv_kernel[_grid(c.section, triton.cdiv(tk, c.dkdv_n), batch * hkv, q.device)](
-            q, k, v, dout, lse, delta, dk, dv, dq_acc if fused else delta, coef, slopes,
+            q_arg, k, v, do_arg, lse, delta, dk, dv, dq_arg, coef, slopes,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
@@ -469,6 +492,7 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], ds_scale,
             *th, HEAD_DIM=dim, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, MODE=mode, CAUSAL=causal,
             USE_ASM=_use_asm(), POLY=c.dkdv_poly, EARLY_DP=c.dkdv_early_dp, FUSED_DQ=fused, TMA_LOADS=tma,
+            ORDER_DQ=FUSED_DQ_ORDERS[c.fused_dq_order],
             num_warps=c.dkdv_warps, num_stages=c.dkdv_stages,
         )
 
@@ -517,27 +541,6 @@ def _fused_mode(setting: str, transform: LogitTransform, parts: tuple[str, ...])
                          f"('dkdv', 'dq'), got {parts!r}")
     mode = FUSED_DQ_MODES[setting]
     return 1 if mode == 2 and interpreted() else mode  # the interpreter has no TMA
-
-
-def _torch_scratch(size: int, alignment: int, stream) -> torch.Tensor:
-    return torch.empty(size, device="cuda", dtype=torch.int8)
-
-
-def _ensure_tma_allocator() -> None:
-    """Kernels that build TMA descriptors on the device need global scratch memory from Triton's allocator. It
-    lives in a context variable, i.e. per thread (autograd runs the backward in a thread of its own), so this
-    runs before every such launch and installs one backed by torch where the current thread has none (an
-    allocator someone else set is kept). The interpreter needs none."""
-    if interpreted():
-        return
-    try:
-        from triton.runtime import _allocation
-
-        if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
-            return
-    except (ImportError, AttributeError):  # another layout of Triton's internals: install ours every time
-        pass
-    triton.set_allocator(_torch_scratch)
 
 
 class _TritonAttention(torch.autograd.Function):

@@ -142,7 +142,14 @@ def _schedule(LONGEST_LAST: tl.constexpr):
 
 # --------------------------------------------------------------------------------------------------- forward
 @triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi,
+def _head_tile(desc, b, h, row0, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Rows row0 .. row0 + ROWS − 1 of head (b, h) through a TMA descriptor of a (B, H, T, COLS) tensor with
+    (1, 1, ROWS, COLS) blocks (rows past T read as zeros)."""
+    return desc.load([b, h, row0, 0]).reshape(ROWS, COLS)
+
+
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d, lo, hi,
                q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
                CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
@@ -155,7 +162,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_
         n0 = tl.where(i < first_real, 0, i) * BLOCK_N
         offs_k = n0 + offs_n
         if TMA_LOADS:  # a descriptor zero-fills keys past Tk, as the masked load does
-            kt = tl.trans(k_base.load([n0, 0]))
+            kt = tl.trans(_head_tile(k_base, kv_b, kv_h, n0, BLOCK_N, offs_d.shape[0]))
         elif MASKED:
             kt = tl.load(k_base + offs_k[None, :] * skn + offs_d[:, None], mask=offs_k[None, :] < Tk, other=0.0)
         else:
@@ -229,7 +236,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_
                 p = tl.math.exp2(s * sc - m_i[:, None])
         l_i += tl.sum(p, 1)
         if TMA_LOADS:
-            vt = v_base.load([n0, 0])
+            vt = _head_tile(v_base, kv_b, kv_h, n0, BLOCK_N, offs_d.shape[0])
         elif MASKED:
             vt = tl.load(v_base + offs_k[:, None] * svn + offs_d[None, :], mask=offs_k[:, None] < Tk, other=0.0)
         else:
@@ -245,8 +252,8 @@ def _count_far(x, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2, n3, n_full, n_end,
-                 q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
+def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d, n1, n2, n3, n_full,
+                 n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                  BLOCK_N: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr, LAZY: tl.constexpr,
                  BOUND: tl.constexpr, USE_ASM: tl.constexpr, STATIC: tl.constexpr, TMA_LOADS: tl.constexpr = False):
     """All key tiles of one query block: far tiles [0, n1), [n1, n2), [n2, n3) with polynomials of order 1, 2, 3
@@ -257,69 +264,69 @@ def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, off
     tiles' loop), then the other far tiles keep that running maximum as a fixed offset: no row maximum and no
     accumulator rescaling on most tiles."""
     if STATIC:
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
-                                   n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
+                                   n_full, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
                                    NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM, TMA_LOADS=TMA_LOADS)
         if CAUSAL:
             # the near tiles [n3, n_full), preceded by the farthest tile (the largest a_t, so the widest logits)
             # as a sample of the far maxima: its step i = n3 − 1 runs tile 0 (one loop, one pipeline fill)
             n0 = tl.minimum(n3, 1)
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3 - n0,
-                                       n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
-                                       K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM,
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
+                                       n3 - n0, n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
+                                       A2, K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM,
                                        False, n3, TMA_LOADS=TMA_LOADS)
         else:  # nothing is near: the first full tile sets the offset
             n_fix = tl.minimum(n3 + 1, n_full)
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3,
-                                       n_fix, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
+                                       n3, n_fix, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
                                        K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM,
                                        TMA_LOADS=TMA_LOADS)
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_fix,
-                                       n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
+                                       n_fix, n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
                                        K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM, True,
                                        TMA_LOADS=TMA_LOADS)
         if CAUSAL:
             if MODE == 1:
-                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
-                                           tl.maximum(n2, n0), n3, q_offset, Tk, COEF, coef_len, zcol, slope2,
+                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n,
+                                           offs_d, tl.maximum(n2, n0), n3, q_offset, Tk, COEF, coef_len, zcol, slope2,
                                            qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL,
                                            LAZY, BOUND, USE_ASM, True, TMA_LOADS=TMA_LOADS)
-                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
-                                           tl.maximum(n1, n0), n2, q_offset, Tk, COEF, coef_len, zcol, slope2,
+                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n,
+                                           offs_d, tl.maximum(n1, n0), n2, q_offset, Tk, COEF, coef_len, zcol, slope2,
                                            qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL,
                                            LAZY, BOUND, USE_ASM, True, TMA_LOADS=TMA_LOADS)
-                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
-                                           n0, n1, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
-                                           A2, K2, NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND,
+                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n,
+                                           offs_d, n0, n1, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale,
+                                           inv_tau, A2, K2, NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND,
                                            USE_ASM, True, TMA_LOADS=TMA_LOADS)
             else:
-                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d,
-                                           n0, n3, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau,
-                                           A2, K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND,
+                acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n,
+                                           offs_d, n0, n3, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale,
+                                           inv_tau, A2, K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND,
                                            USE_ASM, True, TMA_LOADS=TMA_LOADS)
     else:
         if MODE == 1 and CAUSAL:
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n1,
-                                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
+                                       0, n1, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
                                        NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND, USE_ASM,
                                        TMA_LOADS=TMA_LOADS)
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
-                                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
+                                       n1, n2, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
                                        NEG_GAMMA, BLOCK_N, MODE, 2, False, CAUSAL, LAZY, BOUND, USE_ASM,
                                        TMA_LOADS=TMA_LOADS)
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2, n3,
-                                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
+                                       n2, n3, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
                                        NEG_GAMMA, BLOCK_N, MODE, 3, False, CAUSAL, LAZY, BOUND, USE_ASM,
                                        TMA_LOADS=TMA_LOADS)
             n_exact = n3
         else:
             n_exact = 0
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_exact,
-                                   n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
+                                   n_exact, n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
                                    K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM,
                                    TMA_LOADS=TMA_LOADS)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full,
-                                   n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
+                                   n_full, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
                                    NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM, TMA_LOADS=TMA_LOADS)
     return acc, l_i, m_i
 
@@ -357,13 +364,12 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :],
                 mask=offs_m[:, None] < Tq, other=0.0)
-    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
-    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
-    if TMA_LOADS:
-        k_base = tl.make_tensor_descriptor(k_base, shape=[Tk, HEAD_DIM], strides=[skn, 1],
-                                           block_shape=[BLOCK_N, HEAD_DIM])
-        v_base = tl.make_tensor_descriptor(v_base, shape=[Tk, HEAD_DIM], strides=[svn, 1],
-                                           block_shape=[BLOCK_N, HEAD_DIM])
+    if TMA_LOADS:  # K and V are TMA descriptors (see _head_tile)
+        k_base = K
+        v_base = V
+    else:
+        k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+        v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
     slope2 = 0.0
     if MODE == 2:
         slope2 = tl.load(SLOPES + h)
@@ -390,7 +396,7 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
     m_i = tl.full([BLOCK_M], NEG_INF, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    acc, l_i, m_i = _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2, n3,
+    acc, l_i, m_i = _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, b, hk, skn, svn, offs_m, offs_n, offs_d, n1, n2, n3,
                                  n_full, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
                                  K2, NEG_GAMMA, BLOCK_N, MODE, CAUSAL, LAZY, BOUND, USE_ASM, STATIC, TMA_LOADS)
     row_ok = offs_m < Tq
@@ -429,30 +435,34 @@ def bwd_preprocess_kernel(O, DO, DELTA, DQACC, sob, soh, som, sdob, sdoh, sdom, 
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm, sdom, offs_n, offs_mb,
-                offs_d, lo, hi, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                BLOCK_M: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, q_b, q_h, lse_base, delta_base, dq_dst, dq_row, dq_pitch, sqm, sdom,
+                offs_n, offs_mb, offs_d, lo, hi, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                NEG_GAMMA, BLOCK_M: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
                 CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, EARLY_DP: tl.constexpr, FUSED_DQ: tl.constexpr,
-                TMA_LOADS: tl.constexpr = False):
+                TMA_LOADS: tl.constexpr = False, ORDER_DQ: tl.constexpr = 0):
     """Accumulate dK, dV of one key tile (rows = keys) over query tiles lo .. hi−1 (columns = queries).
     EARLY_DP: issue dPᵀ = V·dOᵀ right after Sᵀ = K·Qᵀ, before the softmax, instead of after the dV update (ptxas
     then spills fewer registers; 3–8% faster on the H200). FUSED_DQ (1: atomics through pointers, 2: TMA
-    reductions through the descriptor ``dq_dst``): also add this key tile's share of dQᵀ = Kᵀ·dSᵀ (HEAD_DIM ×
-    BLOCK_M, float32, unscaled) into a (HEAD_DIM, dq_pitch) accumulator of the query head."""
+    reductions through the descriptor ``dq_dst``, whose rows dq_row .. dq_row + HEAD_DIM − 1 are the query head's):
+    also add this key tile's share of dQᵀ = Kᵀ·dSᵀ (HEAD_DIM × BLOCK_M, float32, unscaled) into a
+    (HEAD_DIM, dq_pitch) accumulator of the query head. ORDER_DQ: where the
+    dQᵀ product is issued (Triton waits for a non-accumulating wgmma, and so for every earlier one, right after
+    issuing it; accumulating ones stay in flight until the next wait): 0 after dK (dV, dK, dQᵀ), 1 before dK (dK
+    then runs on during the reduction and the next step's loads), 2 before dV and dK."""
     tcol = -offs_mb.to(tl.float32)  # t = (q_offset + m0 − n) + j
     for i in range(lo, hi):
         m0 = i * BLOCK_M
         offs_m = m0 + offs_mb
         row_ok = offs_m < Tq
         if TMA_LOADS:
-            qt = tl.trans(q_base.load([m0, 0]))
+            qt = tl.trans(_head_tile(q_base, q_b, q_h, m0, BLOCK_M, offs_d.shape[0]))
         else:
             qt = tl.load(q_base + offs_m[None, :] * sqm + offs_d[:, None], mask=row_ok[None, :], other=0.0)
-        lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
+        lse = tl.load(lse_base + offs_m, mask=row_ok, other=0.0)
         sT = tl.dot(k, qt)
         if EARLY_DP:
             if TMA_LOADS:
-                do = do_base.load([m0, 0])
+                do = _head_tile(do_base, q_b, q_h, m0, BLOCK_M, offs_d.shape[0])
             else:
                 do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
             dpT = tl.dot(v, tl.trans(do))
@@ -466,10 +476,11 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_
             pT = tl.where(vis, pT, 0.0)
         if not EARLY_DP:
             if TMA_LOADS:
-                do = do_base.load([m0, 0])
+                do = _head_tile(do_base, q_b, q_h, m0, BLOCK_M, offs_d.shape[0])
             else:
                 do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        dv = tl.dot(pT.to(do.dtype), do, dv)
+        if FUSED_DQ == 0 or ORDER_DQ < 2:
+            dv = tl.dot(pT.to(do.dtype), do, dv)
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
         if not EARLY_DP:
             dpT = tl.dot(v, tl.trans(do))
@@ -479,11 +490,16 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_
             if MASKED:
                 dsT = tl.where(vis, dsT, 0.0)
         ds16 = dsT.to(qt.dtype)
+        if FUSED_DQ > 0 and ORDER_DQ > 0:
+            dqT = tl.dot(tl.trans(k), ds16)  # (HEAD_DIM, BLOCK_M): M = 128 keeps it a wgmma
+        if FUSED_DQ > 0 and ORDER_DQ == 2:
+            dv = tl.dot(pT.to(do.dtype), do, dv)
         dk = tl.dot(ds16, tl.trans(qt), dk)
         if FUSED_DQ > 0:
-            dqT = tl.dot(tl.trans(k), ds16)  # (HEAD_DIM, BLOCK_M): M = 128 keeps it a wgmma
+            if ORDER_DQ == 0:
+                dqT = tl.dot(tl.trans(k), ds16)
             if FUSED_DQ == 2:
-                dq_dst.atomic_add([0, m0], dqT)
+                dq_dst.atomic_add([dq_row, m0], dqT)
             else:
                 tl.atomic_add(dq_dst + offs_d[:, None] * dq_pitch + offs_m[None, :], dqT, mask=row_ok[None, :],
                               sem="relaxed")
@@ -503,10 +519,12 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
                     qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
                     CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, POLY: tl.constexpr = 3,
-                    EARLY_DP: tl.constexpr = True, FUSED_DQ: tl.constexpr = 0, TMA_LOADS: tl.constexpr = False):
+                    EARLY_DP: tl.constexpr = True, FUSED_DQ: tl.constexpr = 0, TMA_LOADS: tl.constexpr = False,
+                    ORDER_DQ: tl.constexpr = 0):
     """One program per (key tile, batch·kv head), ordered by ``_schedule``: dK, dV summed over the G query heads
     of the group; with FUSED_DQ (see ``_dkdv_tiles``) also every query head's dQᵀ, accumulated in float32 in
-    DQACC (B·H, HEAD_DIM, dq_pitch), zeroed before the launch (``dq_from_accumulator_kernel`` finishes it).
+    DQACC (B·H, HEAD_DIM, dq_pitch), zeroed before the launch (``dq_from_accumulator_kernel`` finishes it); with
+    FUSED_DQ = 2 DQACC is a TMA descriptor of it seen as (B·H·HEAD_DIM, Tq) with (HEAD_DIM, BLOCK_M) blocks.
 
     Far query tiles (scale-invariant, causal) take a_t from polynomials: POLY = 3 uses orders 3, 2, 1 as the
     distance grows (three loops: least arithmetic), 1 uses order 3 for all of them (one loop: fewer registers
@@ -548,50 +566,51 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
         s1 = m_end
     for g in range(0, G):
         h = hk * G + g
-        q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-        do_base = DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh
-        if TMA_LOADS:
-            q_base = tl.make_tensor_descriptor(q_base, shape=[Tq, HEAD_DIM], strides=[sqm, 1],
-                                               block_shape=[BLOCK_M, HEAD_DIM])
-            do_base = tl.make_tensor_descriptor(do_base, shape=[Tq, HEAD_DIM], strides=[sdom, 1],
-                                                block_shape=[BLOCK_M, HEAD_DIM])
+        if TMA_LOADS:  # Q and DO are TMA descriptors (see _head_tile)
+            q_base = Q
+            do_base = DO
+        else:
+            q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+            do_base = DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh
         row_base = (b * Hkv * G + h).to(tl.int64) * Tq
         lse_base = LSE + row_base
         delta_base = DELTA + row_base
-        dq_dst = DQACC + (b * Hkv * G + h).to(tl.int64) * HEAD_DIM * dq_pitch
-        if FUSED_DQ == 2:
-            dq_dst = tl.make_tensor_descriptor(dq_dst, shape=[HEAD_DIM, Tq], strides=[dq_pitch, 1],
-                                               block_shape=[HEAD_DIM, BLOCK_M])
+        if FUSED_DQ == 2:  # a host-side descriptor of the (B·H·HEAD_DIM, Tq) accumulator (no tensormap to build here)
+            dq_dst = DQACC
+            dq_row = (b * Hkv * G + h) * HEAD_DIM
+        else:
+            dq_dst = DQACC + (b * Hkv * G + h).to(tl.int64) * HEAD_DIM * dq_pitch
+            dq_row = 0
         if MODE == 2:  # noqa: SIM108 (constexpr branch)
             slope2 = tl.load(SLOPES + h)
         else:
             slope2 = 0.0
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm, sdom,
-                             offs_n, offs_mb, offs_d, m_lo, m_full, q_offset, Tq, COEF, coef_len, zcol, slope2,
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch, sqm,
+                             sdom, offs_n, offs_mb, offs_d, m_lo, m_full, q_offset, Tq, COEF, coef_len, zcol, slope2,
                              qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL, USE_ASM, EARLY_DP,
-                             FUSED_DQ, TMA_LOADS)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm, sdom,
-                             offs_n, offs_mb, offs_d, m_full, s3, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale,
-                             inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM, EARLY_DP,
-                             FUSED_DQ, TMA_LOADS)
+                             FUSED_DQ, TMA_LOADS, ORDER_DQ)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch, sqm,
+                             sdom, offs_n, offs_mb, offs_d, m_full, s3, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                             qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM, EARLY_DP,
+                             FUSED_DQ, TMA_LOADS, ORDER_DQ)
         if MODE == 1 and CAUSAL and POLY == 1:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
-                                 sdom, offs_n, offs_mb, offs_d, s3, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
-                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
-                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch,
+                                 sqm, sdom, offs_n, offs_mb, offs_d, s3, m_end, q_offset, Tq, COEF, coef_len, zcol,
+                                 slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
+                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS, ORDER_DQ)
         if MODE == 1 and CAUSAL and POLY == 3:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
-                                 sdom, offs_n, offs_mb, offs_d, s3, s2, q_offset, Tq, COEF, coef_len, zcol, slope2,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch,
+                                 sqm, sdom, offs_n, offs_mb, offs_d, s3, s2, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
-                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
-                                 sdom, offs_n, offs_mb, offs_d, s2, s1, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS, ORDER_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch,
+                                 sqm, sdom, offs_n, offs_mb, offs_d, s2, s1, q_offset, Tq, COEF, coef_len, zcol, slope2,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 2, False, CAUSAL,
-                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_dst, dq_pitch, sqm,
-                                 sdom, offs_n, offs_mb, offs_d, s1, m_end, q_offset, Tq, COEF, coef_len, zcol, slope2,
-                                 qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 1, False, CAUSAL,
-                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS)
+                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS, ORDER_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch,
+                                 sqm, sdom, offs_n, offs_mb, offs_d, s1, m_end, q_offset, Tq, COEF, coef_len, zcol,
+                                 slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 1, False, CAUSAL,
+                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS, ORDER_DQ)
     out_ok = offs_n[:, None] < Tk
     dk_ptr = b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None] * sdkn + offs_d[None, :]
     dv_ptr = b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + offs_n[:, None] * sdvn + offs_d[None, :]
