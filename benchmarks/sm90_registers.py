@@ -113,10 +113,12 @@ def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, obj
         if "dkdv" in kernels:
             for c in tb.DKDV_CANDIDATES:
                 for fused in (0, 2) if mode == "si" else (0,):  # the fused dQ (TMA) is used for "si" only
+                    order = tb.FUSED_DQ_ORDERS[c.fused_dq_order] if fused else 0
                     const = dict(common, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, POLY=c.dkdv_poly,
-                                 EARLY_DP=c.dkdv_early_dp, FUSED_DQ=fused, TMA_LOADS=c.dkdv_tma_loads)
+                                 EARLY_DP=c.dkdv_early_dp, FUSED_DQ=fused, TMA_LOADS=c.dkdv_tma_loads, ORDER_DQ=order)
                     tiling = (f"{c.dkdv_m}x{c.dkdv_n} w{c.dkdv_warps} s{c.dkdv_stages} poly{c.dkdv_poly}"
-                              + " early-dP" * c.dkdv_early_dp + " fused-dQ" * bool(fused))
+                              + " early-dP" * c.dkdv_early_dp + " fused-dQ" * bool(fused)
+                              + f" dQ {c.fused_dq_order}" * (bool(fused) and order > 0))
                     out.append(("dkdv", mode, tiling, tk.bwd_dkdv_kernel, const, c.dkdv_warps, c.dkdv_stages))
         if "dq" in kernels:
             for c in tb.DQ_CANDIDATES:

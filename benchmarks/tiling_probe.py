@@ -1,6 +1,6 @@
 """H200 probe: forward and backward tilings of the Triton kernels, side by side with the defaults.
 
-    PYTHONPATH=src python3 benchmarks/tiling_probe.py [--set tma|ctas|narrow|stages|order]
+    PYTHONPATH=src python3 benchmarks/tiling_probe.py [--set tma|ctas|narrow|stages|order|poly]
         [--sizes 4096x8,16384x2,65536x1]
     (writes $OUT/tiling_probe.json)
 
@@ -12,7 +12,8 @@ three programs per SM) and a 4-stage dK/dV pipeline; ``stages``: 3 to 6 stages i
 forward+backward of FlexAttention with the transform and of this kernel (defaults) as ``siattn bench`` times them;
 ``order`` (session 8): where the fused kernel issues its dQᵀ product (``BwdConfig.fused_dq_order``), for the 8-warp
 kernel and for 4-warp programs of 64 keys with TMA loads (two per SM), then as ``stages`` and a profile of each
-(two interleaved rounds).
+(two interleaved rounds); ``poly`` (session 8): the new scale-invariant default (polynomials, dP after P, dQᵀ
+before dV) beside one change each, profiled in three rounds.
 
 Compiles the variants in parallel processes while the Triton backend's GPU tests run; then checks each variant
 against the float32 reference at 4k × 2 (scale-invariant), times the forward and the whole backward (delta with
@@ -55,7 +56,7 @@ def fwd_variants(kind: str) -> dict:
         if kind != "scale-invariant":
             del out["tma s4"]
         return out
-    if SET["name"] in ("stages", "order"):
+    if SET["name"] in ("stages", "order", "poly"):
         return {"default": None}  # default_fwd_config
     if SET["name"] == "narrow":
         si = tb.DEFAULT_FWD_SI
@@ -101,6 +102,15 @@ def bwd_variants(kind: str) -> dict:
                                                                         fused_dq_order="before-dv"),
                 **{f"w4 tma s3 dQ {order}": dataclasses.replace(w4, fused_dq_order=order)
                    for order in tb.FUSED_DQ_ORDERS}}
+    if SET["name"] == "poly":
+        if kind != "scale-invariant":
+            return {"base": base}
+        si = tb.DEFAULT_BWD_SI
+        return {"default (s4 poly3 late-dP dQ before-dv)": si,
+                "s4 exact early-dP dQ before-dv": dataclasses.replace(si, dkdv_poly=0, dkdv_early_dp=True),
+                "s4 poly1 late-dP dQ before-dv": dataclasses.replace(si, dkdv_poly=1),
+                "s3 poly3 late-dP dQ before-dv": dataclasses.replace(si, dkdv_stages=3),
+                "s4 poly3 early-dP dQ before-dv": dataclasses.replace(si, dkdv_early_dp=True)}
     if SET["name"] == "narrow":
         s4 = dataclasses.replace(base, dkdv_stages=4)
         out = {"base": base, "s4": s4}
@@ -225,7 +235,7 @@ def _profile(fwd_cfg, bwd_cfg, label):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", choices=["tma", "ctas", "narrow", "stages", "order"], default="stages",
+    parser.add_argument("--set", choices=["tma", "ctas", "narrow", "stages", "order", "poly"], default="stages",
                         help="which variants (see above)")
     parser.add_argument("--sizes", default="4096x8,16384x2,65536x1", help="T x B pairs to time")
     parser.add_argument("--no-tests", action="store_true", help="skip the GPU tests")
@@ -260,7 +270,7 @@ def main(argv=None) -> int:
     for t, b in sizes:
         _time_at(t, b, res["timing"])
         (OUT / "tiling_probe.json").write_text(json.dumps(res, indent=1))
-    if SET["name"] in ("stages", "order"):  # fwd+bwd as `siattn bench` times them, in this call, with the defaults
+    if SET["name"] in ("stages", "order", "poly"):  # fwd+bwd as `siattn bench` times them, with the defaults
         from siattn.recipes.bench import _time_prefill
 
         res["prefill_4k"] = [_time_prefill(name, 4096, 8, 6, 6, 128, 10.0, True, 100)
@@ -268,8 +278,9 @@ def main(argv=None) -> int:
         for row in res["prefill_4k"]:
             kh.log("prefill 4k x 8", row)
         res["profile"] = [_profile(None, None, "default")]
-        if SET["name"] == "order":  # two rounds, interleaved, against call-to-call drift
-            res["profile"] += [_profile(None, cfg, f"{name} (round {r})") for r in (1, 2)
+        if SET["name"] in ("order", "poly"):  # interleaved rounds, against drift within the call
+            rounds = range(1, 4 if SET["name"] == "poly" else 3)
+            res["profile"] += [_profile(None, cfg, f"{name} (round {r})") for r in rounds
                                for name, cfg in bwd_variants("scale-invariant").items()]
     elif SET["name"] == "narrow":
         fwd_narrow = dataclasses.replace(tb.DEFAULT_FWD_SI, block_n=32, num_stages=3)

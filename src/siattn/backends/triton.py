@@ -18,6 +18,7 @@ error stays below ``POLY_LOGIT_TOL`` for scores up to ``POLY_SCORE_MAX`` in magn
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -163,11 +164,11 @@ DEFAULT_FWD = FwdConfig()
 # −1% at 4k / 16k / 64k against DEFAULT_FWD, but slower with per-thread loads (+6%) and for plain attention
 DEFAULT_FWD_SI = FwdConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, tma_loads=True)
 DEFAULT_BWD = BwdConfig()
-# scale-invariant backward (dQ fused into the dK/dV kernel): a 4-stage pipeline of query tiles, the far-tile
-# polynomials, dPᵀ after P, and the dQᵀ product issued before dV and dK (which then run during the reduction and
-# the next step's loads); on the H200 (session 8, two calls) −3% / −9% / −9% at 4k / 16k / 64k against session 7's
-# 4-stage exact kernel with dPᵀ first and dQᵀ last
-DEFAULT_BWD_SI = BwdConfig(dkdv_stages=4, dkdv_poly=3, dkdv_early_dp=False, fused_dq_order="before-dv")
+# scale-invariant backward (dQ fused into the dK/dV kernel): the far-tile polynomials, dPᵀ after P, and the dQᵀ
+# product issued before dV and dK (which then run on during the reduction and the next step's loads); on the H200
+# (session 8, call 5) 1.713 / 5.77 / 44.3 ms at 4k / 16k / 64k against 1.790 / 6.43 / 48.9 for session 7's default
+# (exact transform, dPᵀ first, dQᵀ last, 4 stages; call 3); with this order 3 stages beat 4
+DEFAULT_BWD_SI = BwdConfig(dkdv_poly=3, dkdv_early_dp=False, fused_dq_order="before-dv")
 DEFAULT_DECODE = DecodeConfig()
 INTERPRETER_FWD = FwdConfig(16, 16, 1, 1, False, True, False)
 INTERPRETER_BWD = BwdConfig(16, 16, 1, 1, 16, 16, 1, 1)
@@ -200,8 +201,9 @@ DKDV_CANDIDATES = (  # also the candidates of the dK/dV kernel with the fused dQ
     # dP after P, the order before session 6
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_early_dp=False),
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=3, dkdv_early_dp=False),
-    # the fused kernel's dQᵀ product before dV and dK (session 8; the fused default)
+    # the fused kernel's dQᵀ product before dV and dK (session 8; the fused default first)
     DEFAULT_BWD_SI,
+    dataclasses.replace(DEFAULT_BWD_SI, dkdv_stages=4),
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=4, fused_dq_order="before-dv"),
 )
 DQ_CANDIDATES = (

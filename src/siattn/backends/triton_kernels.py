@@ -560,10 +560,14 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
         s3 = tl.minimum(tl.maximum(_first_tile_at(base_y + T3, BLOCK_M), m_full), m_end)
         s2 = tl.minimum(tl.maximum(_first_tile_at(base_y + T2, BLOCK_M), s3), m_end)
         s1 = tl.minimum(tl.maximum(_first_tile_at(base_y + T1, BLOCK_M), s2), m_end)
+        # up to 4 exact tiles before the polynomial ones join the masked loop (one pipeline fill less; their masks
+        # are all true)
+        m_near = tl.where(s3 - m_full <= 4, s3, m_full)
     else:
         s3 = m_end
         s2 = m_end
         s1 = m_end
+        m_near = m_full
     for g in range(0, G):
         h = hk * G + g
         if TMA_LOADS:  # Q and DO are TMA descriptors (see _head_tile)
@@ -586,11 +590,11 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
         else:
             slope2 = 0.0
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch, sqm,
-                             sdom, offs_n, offs_mb, offs_d, m_lo, m_full, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                             sdom, offs_n, offs_mb, offs_d, m_lo, m_near, q_offset, Tq, COEF, coef_len, zcol, slope2,
                              qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL, USE_ASM, EARLY_DP,
                              FUSED_DQ, TMA_LOADS, ORDER_DQ)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch, sqm,
-                             sdom, offs_n, offs_mb, offs_d, m_full, s3, q_offset, Tq, COEF, coef_len, zcol, slope2,
+                             sdom, offs_n, offs_mb, offs_d, m_near, s3, q_offset, Tq, COEF, coef_len, zcol, slope2,
                              qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM, EARLY_DP,
                              FUSED_DQ, TMA_LOADS, ORDER_DQ)
         if MODE == 1 and CAUSAL and POLY == 1:
