@@ -9,7 +9,10 @@ compiles with the specialisation Triton applies at run time to contiguous tensor
 strides that are multiples of 16); without it every load compiles to scalar accesses. A
 kernel at 255 registers with spill traffic in its inner loop pays for every spilled value on every tile; this
 is the check to run before spending device time on a tiling. The numbers are those of the local Triton
-(which may differ from the GPU machine's), not timings.
+(which may differ from the GPU machine's: put that version first on PYTHONPATH, e.g. ``pip install --no-deps
+--target DIR triton==3.6.0`` and ``PYTHONPATH=DIR:src``), not timings. The spill bytes are kernel-wide: in the
+dK/dV kernels much of that sits in the masked diagonal loop and the prologue (the SASS of the main loop, from
+``cuobjdump -sass``, shows where).
 """
 
 from __future__ import annotations

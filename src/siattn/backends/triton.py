@@ -75,8 +75,8 @@ class FwdConfig:
     overflows (about 2^127 in bf16, 2^16 in fp16) is recomputed with the online softmax. It costs a second
     (mostly empty) launch, so it is used from ``static_min_keys`` keys on, where far tiles exist.
     ``section``: the program order (see :func:`heads_per_section`; 0 picks it from the shape). ``tma_loads``:
-    read the key and value tiles with TMA (tensor descriptors made on the host) instead of per-thread copies, on CUDA
-    when k and v are 16-byte aligned (see :func:`tma_compatible`); otherwise, and under the interpreter, the
+    read the key and value tiles with TMA (tensor descriptors made on the host) instead of per-thread copies, where
+    k and v are 16-byte aligned (see :func:`tma_compatible`; the interpreter runs descriptors too); otherwise the
     per-thread loads run."""
 
     block_m: int = 128
