@@ -156,7 +156,8 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, o
                FIXED: tl.constexpr = False, first_real=-1, TMA_LOADS: tl.constexpr = False):
     """Online-softmax steps over key tiles lo .. hi−1; steps i < first_real run tile 0 instead (a sample of the
     farthest keys inside another loop). FIXED: keep the offset m_i as it is (no row maximum, no rescaling;
-    p = 2^(v − m_i) may exceed 1, see ``fwd_kernel``); only for unmasked tiles."""
+    p = 2^(v − m_i) may exceed 1, see ``fwd_kernel``); only for unmasked tiles. With TMA_LOADS, k_base and v_base
+    are descriptors (``_head_tile``) of the key head (kv_b, kv_h)."""
     tcol = offs_n.to(tl.float32)
     for i in range(lo, hi):
         n0 = tl.where(i < first_real, 0, i) * BLOCK_N
@@ -448,7 +449,8 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, q_b, q_h, lse_base, delta_base, d
     (HEAD_DIM, dq_pitch) accumulator of the query head. ORDER_DQ: where the
     dQᵀ product is issued (Triton waits for a non-accumulating wgmma, and so for every earlier one, right after
     issuing it; accumulating ones stay in flight until the next wait): 0 after dK (dV, dK, dQᵀ), 1 before dK (dK
-    then runs on during the reduction and the next step's loads), 2 before dV and dK."""
+    then runs on during the reduction and the next step's loads), 2 before dV and dK. With TMA_LOADS, q_base and
+    do_base are descriptors (``_head_tile``) of the query head (q_b, q_h)."""
     tcol = -offs_mb.to(tl.float32)  # t = (q_offset + m0 − n) + j
     for i in range(lo, hi):
         m0 = i * BLOCK_M
