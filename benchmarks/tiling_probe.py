@@ -12,7 +12,7 @@ three programs per SM) and a 4-stage dK/dV pipeline; ``stages``: 3 to 6 stages i
 forward+backward of FlexAttention with the transform and of this kernel (defaults) as ``siattn bench`` times them;
 ``order`` (session 8): where the fused kernel issues its dQᵀ product (``BwdConfig.fused_dq_order``), for the 8-warp
 kernel and for 4-warp programs of 64 keys with TMA loads (two per SM), then as ``stages`` and a profile of each
-(two interleaved rounds); ``poly`` (session 8): the new scale-invariant default (polynomials, dP after P, dQᵀ
+(two interleaved rounds); ``poly`` (session 8): the scale-invariant default (polynomials, dP after P, dQᵀ
 before dV) beside one change each, profiled in three rounds.
 
 Compiles the variants in parallel processes while the Triton backend's GPU tests run; then checks each variant
@@ -106,11 +106,10 @@ def bwd_variants(kind: str) -> dict:
         if kind != "scale-invariant":
             return {"base": base}
         si = tb.DEFAULT_BWD_SI
-        return {"default (s4 poly3 late-dP dQ before-dv)": si,
-                "s4 exact early-dP dQ before-dv": dataclasses.replace(si, dkdv_poly=0, dkdv_early_dp=True),
-                "s4 poly1 late-dP dQ before-dv": dataclasses.replace(si, dkdv_poly=1),
-                "s3 poly3 late-dP dQ before-dv": dataclasses.replace(si, dkdv_stages=3),
-                "s4 poly3 early-dP dQ before-dv": dataclasses.replace(si, dkdv_early_dp=True)}
+        variants = [si, dataclasses.replace(si, dkdv_stages=7 - si.dkdv_stages),  # the other of 3 and 4 stages
+                    dataclasses.replace(si, dkdv_poly=0, dkdv_early_dp=True), dataclasses.replace(si, dkdv_poly=1),
+                    dataclasses.replace(si, dkdv_early_dp=True)]
+        return {("default: " if c == si else "") + _dkdv_label(c): c for c in variants}
     if SET["name"] == "narrow":
         s4 = dataclasses.replace(base, dkdv_stages=4)
         out = {"base": base, "s4": s4}
@@ -126,6 +125,12 @@ def bwd_variants(kind: str) -> dict:
         out["32x64 w4 s3 late-dP"] = dataclasses.replace(small, dkdv_early_dp=False)
         out["32x64 w4 s3 poly3 late-dP"] = dataclasses.replace(small, dkdv_poly=3, dkdv_early_dp=False)
     return out
+
+
+def _dkdv_label(c) -> str:
+    """A short name of a fused dK/dV configuration: stages, far-tile polynomials, dP order, dQᵀ order."""
+    return (f"s{c.dkdv_stages} " + (f"poly{c.dkdv_poly}" if c.dkdv_poly else "exact")
+            + (" early-dP" if c.dkdv_early_dp else " late-dP") + f" dQ {c.fused_dq_order}")
 
 
 def _compile_job(job):
