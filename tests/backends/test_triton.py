@@ -132,6 +132,21 @@ def test_far_tiles_use_polynomials_and_match_reference(dkdv_poly):
     _check((1, 2, 1, 16, tk, tk - 16, 64), SI, bwd_config=dataclasses.replace(base, dkdv_poly=dkdv_poly))
 
 
+def test_scale_invariant_default_backward_matches_reference():
+    """``DEFAULT_BWD_SI``'s combination (fused dQ, far-tile polynomials of every order, dP after P, the dQᵀ product
+    before dV and dK, near tiles inside the masked loop) over a long prefix; here with the interpreter's tile
+    sizes and atomics, on the GPU as it runs by default."""
+    window = tb.INTERPRETER_FWD.block_n if not CUDA else tb.DEFAULT_FWD.block_n
+    t1 = tb.poly_thresholds(*SI.parameters, window)[0]
+    tk = t1 + 6 * window + 5
+    cfg = tb.DEFAULT_BWD_SI
+    if not CUDA:
+        small = tb.INTERPRETER_BWD
+        cfg = dataclasses.replace(cfg, dkdv_m=small.dkdv_m, dkdv_n=small.dkdv_n, dkdv_warps=small.dkdv_warps,
+                                  dkdv_stages=small.dkdv_stages, fused_dq="atomics")
+    _check((1, 2, 1, 40, tk, tk - 40, 64), SI, bwd_config=cfg)
+
+
 @pytest.mark.parametrize("transform", [SI, LogitTransform("alibi")], ids=["si", "alibi"])
 def test_backward_with_dp_after_p_matches_reference(transform):
     """``BwdConfig.dkdv_early_dp = False``: dPᵀ = V·dOᵀ issued after P (the order before session 6)."""
