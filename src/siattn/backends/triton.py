@@ -110,8 +110,8 @@ class BwdConfig:
     kernel slower, so it keeps dP after P). The scale-invariant default (``DEFAULT_BWD_SI``) combines the
     polynomials, dP after P and the dQᵀ product before dV. ``fused_dq``: "off" runs a separate dQ kernel (which
     recomputes S and dP); "atomics" or "tma" let the dK/dV kernel also accumulate dQ in float32 (one more product
-    per tile, added through per-element atomics or TMA bulk reductions; the interpreter has no TMA and uses
-    atomics); "auto" is "tma" for the scale-invariant transform on CUDA (H200, whole backward: −8.5% / −5% / −3% at
+    per tile, added through per-element atomics or TMA bulk reductions; the interpreter has no TMA reductions and
+    uses atomics); "auto" is "tma" for the scale-invariant transform on CUDA (H200, whole backward: −8.5% / −5% / −3% at
     4k / 16k / 64k) and "off" otherwise (the plain kernel was 4–5% slower fused). Float atomics add in no fixed
     order, so a fused dQ is not bitwise reproducible from run to run; "off" is. ``section``: the program order of
     both kernels (see :func:`heads_per_section`; 0 picks it from the shape). ``dkdv_tma_loads``: the dK/dV kernel
@@ -542,7 +542,7 @@ def _fused_mode(setting: str, transform: LogitTransform, parts: tuple[str, ...])
         raise ValueError(f"fused_dq={setting!r} computes every gradient in one kernel; parts must be "
                          f"('dkdv', 'dq'), got {parts!r}")
     mode = FUSED_DQ_MODES[setting]
-    return 1 if mode == 2 and interpreted() else mode  # the interpreter has no TMA
+    return 1 if mode == 2 and interpreted() else mode  # the interpreter has no TMA reductions
 
 
 class _TritonAttention(torch.autograd.Function):

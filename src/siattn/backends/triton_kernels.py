@@ -149,6 +149,28 @@ def _head_tile(desc, b, h, row0, ROWS: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
+def _head_base(X, b, h, sxb, sxh, TMA_LOADS: tl.constexpr):
+    """Where head (b, h) of a (B, H, T, D) tensor X starts: X itself when it is a TMA descriptor (read through
+    ``_head_tile``), else the pointer to the head's first row."""
+    if TMA_LOADS:  # noqa: SIM108 (a constexpr branch: only the taken side is compiled)
+        base = X
+    else:
+        base = X + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh
+    return base
+
+
+@triton.jit
+def _head_rows(base, b, h, row0, offs_r, offs_d, sxr, n_rows, TMA_LOADS: tl.constexpr):
+    """Rows row0 + offs_r of one head (rows at or past n_rows read as zeros); ``base`` from ``_head_base``."""
+    if TMA_LOADS:
+        x = _head_tile(base, b, h, row0, offs_r.shape[0], offs_d.shape[0])
+    else:
+        rows = row0 + offs_r
+        x = tl.load(base + rows[:, None] * sxr + offs_d[None, :], mask=rows[:, None] < n_rows, other=0.0)
+    return x
+
+
+@triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d, lo, hi,
                q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
@@ -365,12 +387,8 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :],
                 mask=offs_m[:, None] < Tq, other=0.0)
-    if TMA_LOADS:  # K and V are TMA descriptors (see _head_tile)
-        k_base = K
-        v_base = V
-    else:
-        k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
-        v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    k_base = _head_base(K, b, hk, skb, skh, TMA_LOADS)
+    v_base = _head_base(V, b, hk, svb, svh, TMA_LOADS)
     slope2 = 0.0
     if MODE == 2:
         slope2 = tl.load(SLOPES + h)
@@ -463,10 +481,7 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, q_b, q_h, lse_base, delta_base, d
         lse = tl.load(lse_base + offs_m, mask=row_ok, other=0.0)
         sT = tl.dot(k, qt)
         if EARLY_DP:
-            if TMA_LOADS:
-                do = _head_tile(do_base, q_b, q_h, m0, BLOCK_M, offs_d.shape[0])
-            else:
-                do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            do = _head_rows(do_base, q_b, q_h, m0, offs_mb, offs_d, sdom, Tq, TMA_LOADS)
             dpT = tl.dot(v, tl.trans(do))
         trow = (q_offset + m0 - offs_n).to(tl.float32)
         idx_row = q_offset + m0 - offs_n
@@ -477,10 +492,7 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, q_b, q_h, lse_base, delta_base, d
             vis = offs_m[None, :] + q_offset >= offs_n[:, None]
             pT = tl.where(vis, pT, 0.0)
         if not EARLY_DP:
-            if TMA_LOADS:
-                do = _head_tile(do_base, q_b, q_h, m0, BLOCK_M, offs_d.shape[0])
-            else:
-                do = tl.load(do_base + offs_m[:, None] * sdom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            do = _head_rows(do_base, q_b, q_h, m0, offs_mb, offs_d, sdom, Tq, TMA_LOADS)
         if FUSED_DQ == 0 or ORDER_DQ < 2:
             dv = tl.dot(pT.to(do.dtype), do, dv)
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
@@ -572,12 +584,8 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
         m_near = m_full
     for g in range(0, G):
         h = hk * G + g
-        if TMA_LOADS:  # Q and DO are TMA descriptors (see _head_tile)
-            q_base = Q
-            do_base = DO
-        else:
-            q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-            do_base = DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh
+        q_base = _head_base(Q, b, h, sqb, sqh, TMA_LOADS)
+        do_base = _head_base(DO, b, h, sdob, sdoh, TMA_LOADS)
         row_base = (b * Hkv * G + h).to(tl.int64) * Tq
         lse_base = LSE + row_base
         delta_base = DELTA + row_base
