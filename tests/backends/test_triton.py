@@ -188,7 +188,7 @@ def test_tma_loads_match_reference(case, transform):
                                                                              fused_dq=fused))
 
 
-@pytest.mark.skipif(not CUDA, reason="the interpreter needs no scratch memory for descriptors")
+@pytest.mark.skipif(not CUDA, reason="needs CUDA (TMA reductions of the fused dQ)")
 def test_descriptor_kernels_run_from_every_thread():
     """The TMA paths (descriptors made on the host) from several threads: autograd runs the backward in a thread
     of its own, and kernels that built descriptors on the device once needed Triton's per-thread scratch
