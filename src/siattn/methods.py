@@ -24,6 +24,9 @@ class Method:
     rotary: RotaryKind | None
     transform: MethodTransform
     description: str
+    # an inference-time extension of another method: it runs that method's checkpoints unchanged (identical at
+    # and below the training length, different only beyond it), so it is evaluated on them, not trained
+    extends: str | None = None
 
     @property
     def uses_logn(self) -> bool:
@@ -58,6 +61,19 @@ def register_method(method: Method) -> Method:
     return method
 
 
+def evaluation_method(trained: str, override: str | None) -> str:
+    """The method to evaluate a checkpoint trained with ``trained`` under: ``override`` when it is ``trained``
+    itself or extends it (``rope-ntk`` and ``yarn`` on ``rope``, ``logn-ntk`` on ``logn-rope``), else an error."""
+    if override is None or override == trained:
+        return trained
+    method = get_method(override)
+    if method.extends != trained:
+        allowed = sorted(m.name for m in METHODS.values() if m.extends == trained)
+        raise ValueError(f"method {override!r} cannot evaluate a checkpoint trained with {trained!r}; "
+                         f"accepted: {[trained, *allowed]}")
+    return override
+
+
 def get_method(method: str | Method) -> Method:
     """Look a method up by name; a ``Method`` passes through. Unknown names raise ValueError listing the names."""
     if isinstance(method, Method):
@@ -72,11 +88,12 @@ for _m in (
     Method("rope", "rope", "none", "rotary embedding, θ = 10,000"),
     Method("p-rope", "p-rope", "none", "rotary on half the pairs with frequencies down to 1/base, the rest unrotated"),
     Method("nope", None, "none", "no positional encoding (causal mask only)"),
-    Method("rope-ntk", "ntk", "none", "RoPE with dynamic NTK base scaling beyond the training length"),
-    Method("yarn", "yarn", "none", "RoPE with YaRN interpolation and attention temperature beyond the training length"),
+    Method("rope-ntk", "ntk", "none", "RoPE with dynamic NTK base scaling beyond the training length", "rope"),
+    Method("yarn", "yarn", "none", "RoPE with YaRN interpolation and attention temperature beyond the training length",
+           "rope"),
     Method("logn-rope", "rope", "logn", "RoPE + logits × s_h·log n (learned s_h)"),
     Method("logn-p-rope", "p-rope", "logn", "p-RoPE + logits × s_h·log n (learned s_h)"),
-    Method("logn-ntk", "ntk", "logn", "dynamic NTK RoPE + logits × s_h·log n (learned s_h)"),
+    Method("logn-ntk", "ntk", "logn", "dynamic NTK RoPE + logits × s_h·log n (learned s_h)", "logn-rope"),
     Method("alibi", None, "alibi", "linear distance bias −slope_h·t with geometric head slopes"),
     Method("si-p-rope", "p-rope", "scale-invariant", "p-RoPE + the scale-invariant transform (the proposed method)"),
     Method("si-rope", "rope", "scale-invariant", "RoPE + the scale-invariant transform (ablation)"),

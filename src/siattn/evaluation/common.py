@@ -63,12 +63,13 @@ class Checkpoint:
 
 
 def load_for_eval(path: str | Path, device: torch.device | str = "cpu", *, label: str | None = None,
-                  attn_backend: str | None = None) -> Checkpoint:
-    """Load a checkpoint (a checkpoint folder or a run folder: its newest) in eval mode on ``device``."""
+                  attn_backend: str | None = None, method: str | None = None) -> Checkpoint:
+    """Load a checkpoint (a checkpoint folder or a run folder: its newest) in eval mode on ``device``;
+    ``method``: evaluate under a method that extends the trained one (see :func:`siattn.model.load_checkpoint`)."""
     from siattn.model import TrainConfig, load_checkpoint
 
     device = torch.device(device)
-    model, config, extra = load_checkpoint(path, device=device, attn_backend=attn_backend)
+    model, config, extra = load_checkpoint(path, device=device, attn_backend=attn_backend, method=method)
     train_config = None
     if extra.get("train_config"):
         train_config = TrainConfig.from_dict(dict(extra["train_config"]))
@@ -88,7 +89,7 @@ def unique_labels(names: Sequence[str]) -> list[str]:
 
 
 def load_checkpoints(paths: Sequence[str], device: torch.device, labels: Sequence[str] | None = None,
-                     attn_backend: str | None = None) -> Iterator[Checkpoint]:
+                     attn_backend: str | None = None, method: str | None = None) -> Iterator[Checkpoint]:
     """Load the checkpoints one at a time (only one model in memory), labelled by ``labels`` or their method
     (made unique). The labels are settled before any model is loaded, from each checkpoint's state.json."""
     from siattn.model import read_checkpoint_state
@@ -96,10 +97,10 @@ def load_checkpoints(paths: Sequence[str], device: torch.device, labels: Sequenc
     if labels and len(labels) != len(paths):
         raise ValueError(f"{len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
     if not labels:
-        methods = [read_checkpoint_state(p, verify=False)[1]["model_config"]["method"] for p in paths]
+        methods = [method or read_checkpoint_state(p, verify=False)[1]["model_config"]["method"] for p in paths]
         labels = unique_labels(methods)
     for path, label in zip(paths, labels):
-        yield load_for_eval(path, device, label=label, attn_backend=attn_backend)
+        yield load_for_eval(path, device, label=label, attn_backend=attn_backend, method=method)
 
 
 def eval_lengths(train_length: int, multipliers: Sequence[int] = DEFAULT_MULTIPLIERS,

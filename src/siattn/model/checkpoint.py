@@ -277,10 +277,14 @@ def load_model_state(model: torch.nn.Module, folder: Path, device: str | torch.d
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, attn_backend: str | None = None,
-                    verify: bool = True) -> tuple[torch.nn.Module, GPTConfig, dict[str, Any]]:
+                    method: str | None = None, verify: bool = True
+                    ) -> tuple[torch.nn.Module, GPTConfig, dict[str, Any]]:
     """Rebuild the model of a checkpoint: (model in eval mode on ``device``, its GPTConfig, the rest of
     state.json: step, metrics, train_config, ...). ``path``: a checkpoint folder, or a run folder (its newest
-    checkpoint). ``attn_backend`` overrides the backend the model was trained with."""
+    checkpoint). ``attn_backend`` overrides the backend the model was trained with; ``method`` runs the weights
+    under a method that extends the trained one (``rope-ntk``/``yarn`` on ``rope``, ``logn-ntk`` on
+    ``logn-rope``; :func:`siattn.methods.evaluation_method`)."""
+    from siattn.methods import evaluation_method
     from siattn.model.gpt import GPT
 
     folder, state = read_checkpoint_state(path, verify=verify)
@@ -290,6 +294,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, att
         raise CheckpointError(f"{folder / STATE_FILE}: bad model_config ({err})") from err
     if attn_backend is not None:
         config.attn_backend = attn_backend
+    config.method = evaluation_method(config.method, method)
     model = GPT(config).to(device)
     load_model_state(model, folder, device)
     model.eval()

@@ -54,6 +54,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--attn-backend", default=None,
                    help="attention backend to run the model with (default: the checkpoint's, normally auto)")
+    p.add_argument("--method", default=None, metavar="METHOD",
+                   help="evaluate under a method that extends the trained one: rope-ntk or yarn on a rope "
+                        "checkpoint, logn-ntk on a logn-rope checkpoint (default: the checkpoint's own)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="keep results already in the output JSON for the same checkpoint and settings")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -179,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
         "tokens": n_tokens, "device": str(device), "dtype": args.dtype, "version": siattn.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"), "data": [], "checkpoints": {},
     }
-    checkpoints = load_checkpoints(args.checkpoint, device, args.labels, args.attn_backend)
+    checkpoints = load_checkpoints(args.checkpoint, device, args.labels, args.attn_backend, args.method)
     for path, ckpt in zip(args.checkpoint, checkpoints):
         ds = open_validation_data(args.data, ckpt)
         old = previous.get("checkpoints", {}).get(ckpt.label, {})

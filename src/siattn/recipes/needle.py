@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def stage_settings(args: argparse.Namespace, stage: str, ckpt: Checkpoint, batch: int) -> dict[str, Any]:
     """What a stage's numbers depend on: results kept for resume must have been made with the same."""
-    s = {"trials": args.trials, "seed": args.seed, "margin": args.margin, "path": ckpt.path}
+    s = {"trials": args.trials, "seed": args.seed, "margin": args.margin, "path": ckpt.path, "method": ckpt.method}
     if stage == "finetuned":
         s |= {"warmup": args.warmup, "constant": args.constant, "decay": args.decay, "batch_size": batch,
               "lr_scale": args.lr_scale}
@@ -184,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
     }
     tokenizer_override = load_tokenizer(args.tokenizer) if args.tokenizer else None
 
-    for ckpt in load_checkpoints(args.checkpoint, device, args.labels, args.attn_backend):
+    for ckpt in load_checkpoints(args.checkpoint, device, args.labels, args.attn_backend, args.method):
         needs_data = task_name == "needle" or tokenizer_override is None
         ds = open_validation_data(args.data, ckpt) if needs_data else None
         tokenizer = tokenizer_override or ds.tokenizer
@@ -219,7 +219,7 @@ def main(args: argparse.Namespace) -> int:
                 pass  # every length is done: no need for the fine-tuned model
             elif same and (saved / "COMPLETE").exists():
                 print(f"{ckpt.label}: reusing the fine-tuned weights in {saved}")
-                model, _, _ = load_checkpoint(saved, device, attn_backend=args.attn_backend)
+                model, _, _ = load_checkpoint(saved, device, attn_backend=args.attn_backend, method=args.method)
             else:
                 ft_task = make_task(task_name, ds.train if ds else None, tokenizer)
                 ft = finetune(model, ft_task, length=ckpt.train_length, train_config=train_config,

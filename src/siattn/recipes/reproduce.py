@@ -1,129 +1,110 @@
-"""``siattn reproduce``: the paper's comparison in one command — train every method, then evaluate them together.
+"""``siattn reproduce``: the comparison, one run per call, the table from whatever runs are done.
 
-For each method: ``siattn train`` into ``RUNS/<preset>-<method>`` (resumed, not restarted, when a checkpoint is
-there; a finished run is not trained again), then one ``siattn eval`` over all checkpoints (loss at 1×, 4×, 16×
-the training length and by position), ``siattn needle`` (fine-tuned needle retrieval) and ``siattn needle --task
-passkey`` (zero-shot), and a summary table in the layout of the paper's results table.
+    siattn reproduce gpu-small --list                          # the study's runs and which are done
+    siattn reproduce gpu-small --next 2 --out results/gpu-small   # the next two runs not yet in OUT, then the table
+    siattn reproduce gpu-small --run rope-s0 --out results/gpu-small
+    siattn reproduce gpu-small --table --out results/gpu-small    # only the table and plots
+
+A study (:data:`siattn.evaluation.grid.STUDIES`) fixes the protocol before the runs. Each run trains in a
+scratch folder (``--scratch``, default ``runs/reproduce``), is evaluated there (loss at every length, needle and
+passkey after their fine-tuning, extension methods on its checkpoint) and leaves only its compact results in
+``OUT/runs/<run id>/``; runs already there are not done again. So a grid that does not fit one machine lease
+goes on over several: commit ``OUT`` after each, and the next call picks up the runs still missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from siattn.methods import METHODS
-
-HELP = "Reproduce the comparison: train each method on a preset, then loss by length, needle and passkey."
-
-PAPER_METHODS = ["rope", "p-rope", "nope", "rope-ntk", "yarn", "logn-rope", "logn-p-rope", "logn-ntk", "alibi",
-                 "si-p-rope"]
+HELP = "Reproduce the comparison: run a study's runs (train, loss by length, needle, passkey) and its table."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="cpu-tiny", help="training preset (see `siattn train --list-presets`)")
-    parser.add_argument("--methods", nargs="+", default=PAPER_METHODS, choices=sorted(METHODS), metavar="METHOD",
-                        help="methods to compare (default: the paper's ten rows)")
-    parser.add_argument("--runs", default=None, help="folder for the training runs (default: runs/reproduce-PRESET)")
-    parser.add_argument("--out", default=None, help="results folder (default: results/reproduce-PRESET)")
+    from siattn.evaluation.grid import STUDIES
+
+    parser.add_argument("study", choices=sorted(STUDIES), help="which comparison (its protocol is fixed in code)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--list", action="store_true", help="print the study's runs and which are done, and exit")
+    what.add_argument("--run", nargs="+", metavar="RUN_ID", help="these runs (ids as --list prints them)")
+    what.add_argument("--next", type=int, metavar="N", help="the first N runs of the study not yet in --out")
+    what.add_argument("--table", action="store_true", help="only regenerate the table and plots from --out")
+    parser.add_argument("--out", default=None,
+                        help="results folder: run folders in OUT/runs, table.md and plots in OUT "
+                             "(default: runs/reproduce/STUDY/results)")
+    parser.add_argument("--scratch", default="runs/reproduce", help="where runs train (checkpoints stay there)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="P",
+                        help="runs at once, each in its own process (they share the device)")
+    parser.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                        help="stop every run still going after this many seconds (it writes nothing)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--data", default=None, help="prepared dataset folder (default: the preset's)")
-    parser.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
-    parser.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's)")
-    parser.add_argument("--eval-tokens", type=int, default=None,
-                        help="scored tokens per evaluation length (default: the checkpoints' eval_tokens)")
-    parser.add_argument("--needle-trials", type=int, default=100, help="needle examples per length (0: skip)")
-    parser.add_argument("--passkey-trials", type=int, default=50, help="passkey trials per length (0: skip)")
-    parser.add_argument("--finetune-steps", type=int, nargs=3, default=None, metavar=("WARMUP", "CONSTANT", "DECAY"),
-                        help="needle fine-tuning schedule (default: 100 100 100, as the paper)")
-    parser.add_argument("--passkey-finetune", type=int, nargs=3, default=None,
-                        metavar=("WARMUP", "CONSTANT", "DECAY"),
-                        help="fine-tune for passkey with this schedule, then evaluate (default: zero-shot; small "
-                             "models need ~2000 steps, see results/passkey-cpu-tiny)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _schedule(steps: list[int] | None) -> list[str]:
-    """``--warmup W --constant C --decay D`` for a fine-tuning schedule (nothing for the default)."""
-    if not steps:
-        return []
-    warm, const, decay = steps
-    return ["--warmup", str(warm), "--constant", str(const), "--decay", str(decay)]
+def _positive(name: str, value: int | float | None) -> None:
+    if value is not None and value < 1:
+        raise SystemExit(f"siattn reproduce: error: {name} must be >= 1, got {value}")
 
 
-def _run(argv: list[str]) -> None:
-    from siattn.cli import main as cli_main
-
-    print("\n$ siattn " + " ".join(argv), flush=True)
-    code = cli_main(argv)
-    if code:
-        raise SystemExit(f"`siattn {' '.join(argv)}` failed with exit code {code}")
-
-
-def summarize(out: Path, methods: list[str]) -> str:
-    """The paper-style table: validation loss and needle / passkey accuracy at 1×, 4×, 16× per method."""
-    from siattn.evaluation.common import markdown_table, read_json
-
-    evaluation = read_json(out / "eval" / "eval.json") or {"checkpoints": {}}
-    needle = read_json(out / "needle" / "needle.json") or {"checkpoints": {}}
-    passkey = read_json(out / "passkey" / "passkey.json") or {"checkpoints": {}}
-    rows, header_lengths = [], None
-    for method in methods:
-        ev = evaluation["checkpoints"].get(method)
-        if ev is None:
-            continue
-        lengths = sorted(ev.get("results", {}), key=int)
-        header_lengths = header_lengths or lengths
-        row = [method] + [ev["results"][n]["loss"] for n in lengths]
-        for source, stages in ((needle, ("finetuned",)), (passkey, ("finetuned", "zero-shot"))):
-            found = source["checkpoints"].get(method, {}).get("stages", {})
-            stage = next((st for st in stages if st in found), stages[0])
-            result = found.get(stage, {}).get("lengths", {})
-            row += [result[n]["accuracy"] if n in result else None for n in lengths]
-        rows.append(row)
-    if not rows:
-        return "no results yet\n"
-    train_length = int(header_lengths[0])
-    names = [f"{int(n) // train_length}×" for n in header_lengths]
-    header = ["method"] + [f"val@{n}" for n in names] + [f"needle@{n}" for n in names] + \
-        [f"passkey@{n}" for n in names]
-    return markdown_table(header, rows)
+def _launch(args: argparse.Namespace, out: Path, run_ids: list[str]) -> int:
+    """Run each id in a subprocess, ``--parallel`` at a time, until ``--deadline``; the number that failed."""
+    started = time.time()
+    pending, running, failed = list(run_ids), {}, 0
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            run_id = pending.pop(0)
+            cmd = [sys.executable, "-m", "siattn", "reproduce", args.study, "--run", run_id, "--out", str(out),
+                   "--scratch", args.scratch, "--no-progress",
+                   *(["--device", args.device] if args.device else [])]
+            log = Path(args.scratch) / args.study / f"{run_id}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            print(f"[{time.time() - started:6.0f} s] start {run_id} (log: {log})", flush=True)
+            running[run_id] = (subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), log)
+        time.sleep(2)
+        late = args.deadline is not None and time.time() - started > args.deadline
+        for run_id, (proc, log) in list(running.items()):
+            if late and proc.poll() is None:
+                proc.kill()
+                print(f"[{time.time() - started:6.0f} s] {run_id}: stopped at the deadline", flush=True)
+            code = proc.poll()
+            if code is None:
+                continue
+            del running[run_id]
+            failed += code != 0
+            tail = "" if code == 0 else " — " + " | ".join(log.read_text().strip().splitlines()[-3:])
+            print(f"[{time.time() - started:6.0f} s] {run_id}: exit {code}{tail}", flush=True)
+        if late:
+            pending.clear()
+    return failed
 
 
 def main(args: argparse.Namespace) -> int:
-    runs = Path(args.runs or f"runs/reproduce-{args.preset}")
-    out = Path(args.out or f"results/reproduce-{args.preset}")
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    common = [] if args.device is None else ["--device", args.device]
-    progress = ["--no-progress"] if args.no_progress else []
-    checkpoints = []
-    for method in args.methods:
-        run_dir = runs / f"{args.preset}-{method}"
-        argv = ["train", "--preset", args.preset, "--method", method, "--out", str(run_dir), *common, *progress]
-        argv += [] if args.data is None else ["--data", args.data]
-        argv += [] if args.steps is None else ["--steps", str(args.steps)]
-        argv += [] if args.seed is None else ["--seed", str(args.seed)]
-        if (run_dir / "checkpoints").exists():
-            argv.append("--resume")
-        _run(argv)
-        checkpoints.append(str(run_dir))
-    evaluate = ["--checkpoint", *checkpoints, "--labels", *args.methods, *common]
-    tokens = [] if args.eval_tokens is None else ["--tokens", str(args.eval_tokens)]
-    _run(["eval", *evaluate, *tokens, "--out", str(out / "eval"), *progress])
-    if args.needle_trials:
-        _run(["needle", "--task", "needle", *evaluate, "--trials", str(args.needle_trials),
-              *_schedule(args.finetune_steps), "--out", str(out / "needle"), *progress])
-    if args.passkey_trials:
-        finetune = ["--finetune", "--no-zero-shot", *_schedule(args.passkey_finetune)] if args.passkey_finetune else []
-        _run(["needle", "--task", "passkey", *evaluate, "--trials", str(args.passkey_trials), *finetune,
-              "--out", str(out / "passkey"), *progress])
-    table = summarize(out, args.methods)
-    minutes = (time.time() - started) / 60
-    (out / "README.md").write_text(
-        f"# Comparison on `{args.preset}`\n\n{table}\nval: validation loss (nats/token) at multiples of the training "
-        "length; needle: fraction of needles whose city and number are both right after fine-tuning; passkey: "
-        f"{'exact match after fine-tuning' if args.passkey_finetune else 'zero-shot exact match'}.\n\n"
-        f"Details: `eval/`, `needle/`, `passkey/`. This run took {minutes:.1f} minutes.\n")
-    print("\n" + table + f"\nwritten to {out}/README.md")
-    return 0
+    from siattn.evaluation import grid
+
+    study = grid.get_study(args.study)
+    _positive("--next", args.next)
+    _positive("--parallel", args.parallel)
+    out = Path(args.out or Path("runs/reproduce") / study.name / "results")
+    if args.list:
+        print(f"{study.name}: {study.question}\n\n{grid.describe(study, out)}")
+        return 0
+    if args.run and len(args.run) == 1 and args.parallel == 1 and args.deadline is None:
+        grid.run_one(study, args.run[0], out, scratch=Path(args.scratch), device=args.device,
+                     progress=not args.no_progress)
+        print(grid.summarize(study, out))
+        return 0
+    failed = 0
+    if args.run or args.next:
+        for run_id in args.run or []:
+            study.spec(run_id)  # unknown ids fail before anything starts
+        run_ids = args.run or grid.missing_runs(study, out)[: args.next]
+        if not run_ids:
+            print(f"every run of {study.name} is in {out}")
+        failed = _launch(args, out, run_ids) if run_ids else 0
+    table = grid.summarize(study, out)
+    print(f"\n{table}\n{out / 'table.md'}")
+    return 1 if failed else 0
+

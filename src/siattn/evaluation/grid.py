@@ -1,0 +1,523 @@
+"""The comparison grid: studies as data, one run of a study in one call, the table from the committed runs.
+
+A :class:`Study` fixes its whole protocol before any run: the preset and its overrides, the runs (method, seed,
+attention backend, extension methods evaluated on the run's checkpoint, extra evaluation lengths), the
+validation lengths and token count, and the needle and passkey fine-tuning schedules. :func:`run_one` does one
+run end to end — train, loss by length, needle, passkey — in a scratch folder and then writes its compact
+results (never its checkpoint) to ``OUT/runs/<run id>/``:
+
+    run.json        what ran (spec, resolved config), where (commit, hardware, versions, dataset digest), how long
+                    each phase took, tokens and passes over the data, the convergence check, every headline number
+    metrics.jsonl   the training curve
+    eval.json       loss at each length and by position, for the run's method and each extension
+    needle.json     needle accuracy per length and depth (every trial), fine-tuning losses
+    passkey.json    the same for passkey
+
+:func:`summarize` reads whatever run folders exist and writes ``table.md`` / ``table.json`` (mean ± standard
+error over seeds) and the plots. A run is the unit of resumption: an interrupted run leaves nothing under
+``OUT/runs`` and is done again from the start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from siattn.evaluation.common import markdown_table, read_json, write_json
+
+RUNS = "runs"
+RUN_FILES = ("run.json", "metrics.jsonl", "eval.json", "needle.json", "passkey.json")
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """A retrieval protocol: fine-tune on ``task`` examples at the training length (``warmup`` / ``constant`` /
+    ``decay`` steps of ``batch_size`` sequences, the model's own optimisers), then ``trials`` greedy-decoded
+    examples per evaluation length."""
+
+    task: str  # "needle" or "passkey"
+    trials: int = 50
+    warmup: int = 100
+    constant: int = 100
+    decay: int = 100
+    batch_size: int = 32
+    micro_batch_size: int | None = None
+    seed: int = 0
+    margin: int = 2
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a study and what is evaluated on its checkpoint."""
+
+    method: str
+    seed: int = 0
+    backend: str | None = None  # attention backend (None: auto)
+    extensions: tuple[str, ...] = ()  # methods evaluated on this checkpoint (rope-ntk and yarn on rope, ...)
+    extra_multipliers: tuple[int, ...] = ()  # evaluation lengths beyond the study's, for loss and retrieval
+    overrides: tuple[tuple[str, Any], ...] = ()  # TrainConfig / GPTConfig fields (tau, seq_len, ...)
+    tag: str = ""  # names the overrides in the run id
+
+    @property
+    def run_id(self) -> str:
+        parts = [self.method, *([self.tag] if self.tag else []), f"s{self.seed}"]
+        return "-".join(parts + ([self.backend] if self.backend else []))
+
+    @property
+    def label(self) -> str:
+        """The table row this run's seeds are averaged into."""
+        return "-".join([self.method, *([self.tag] if self.tag else []), *([self.backend] if self.backend else [])])
+
+
+@dataclass(frozen=True)
+class Study:
+    """A comparison with its protocol fixed before the runs."""
+
+    name: str
+    question: str
+    preset: str
+    runs: tuple[RunSpec, ...]
+    overrides: tuple[tuple[str, Any], ...] = ()
+    multipliers: tuple[int, ...] = (1, 4, 16)
+    eval_tokens: int = 1 << 20
+    eval_batch_tokens: int = 1 << 17
+    needle: Retrieval = Retrieval("needle")
+    passkey: Retrieval = Retrieval("passkey")
+    curve_evals: int = 5  # validations at 1× during training (the last two give the convergence check)
+
+    def spec(self, run_id: str) -> RunSpec:
+        for r in self.runs:
+            if r.run_id == run_id:
+                return r
+        raise ValueError(f"run must be one of {[r.run_id for r in self.runs]} (study {self.name}), got {run_id!r}")
+
+
+def _seeds(method: str, seeds: Sequence[int], **kw: Any) -> list[RunSpec]:
+    return [RunSpec(method, seed=s, **kw) for s in seeds]
+
+
+_LONG = (64,)  # "where does each method finally break": loss and retrieval at 64× for these
+_GPU_SMALL_RUNS = (
+    # seed 0 of the paper's rows first, so that an unfinished grid still compares every method once
+    RunSpec("si-p-rope", extra_multipliers=_LONG),
+    RunSpec("rope", extensions=("rope-ntk", "yarn")),
+    RunSpec("alibi", extra_multipliers=_LONG),
+    RunSpec("logn-p-rope", extra_multipliers=_LONG),
+    RunSpec("p-rope"),
+    RunSpec("si-p-rope", backend="flex"),  # the fused kernel's backward checked against FlexAttention's
+    RunSpec("nope"),
+    RunSpec("logn-rope", extensions=("logn-ntk",)),
+    RunSpec("si-rope"),
+    RunSpec("si-nope"),
+    # seeds 1 and 2 of the five rows whose ordering is tested
+    *_seeds("si-p-rope", (1, 2), extra_multipliers=_LONG),
+    *_seeds("rope", (1, 2), extensions=("rope-ntk", "yarn")),
+    *_seeds("alibi", (1, 2), extra_multipliers=_LONG),
+    *_seeds("logn-p-rope", (1, 2), extra_multipliers=_LONG),
+    *_seeds("p-rope", (1, 2)),
+)
+
+STUDIES: dict[str, Study] = {
+    "gpu-small": Study(
+        name="gpu-small",
+        question="Trained at 2k tokens, which methods keep their loss and their retrieval at 4× and 16× (and 64×)?",
+        preset="gpu-small",
+        runs=_GPU_SMALL_RUNS,
+    ),
+    "gpu-small-4k": Study(
+        name="gpu-small-4k",
+        question="At the paper's own lengths (train 4k, evaluate 16k and 64k), does the comparison hold?",
+        preset="gpu-small",
+        overrides=(("seq_len", 4096), ("batch_size", 32), ("micro_batch_size", 16)),
+        runs=tuple(RunSpec(m) for m in ("si-p-rope", "rope", "alibi", "logn-p-rope")),
+    ),
+    "gpu-small-tau": Study(
+        name="gpu-small-tau",
+        question="The paper's τ sweep (appendix): is τ = 10 the best at 16× for scale-invariant p-RoPE?",
+        preset="gpu-small",
+        runs=tuple(RunSpec("si-p-rope", overrides=(("tau", tau),), tag=f"tau{tau:g}")
+                   for tau in (0.01, 0.1, 1.0, 10.0, 100.0)),
+    ),
+    "cpu-tiny": Study(
+        name="cpu-tiny",
+        question="At 0.87M parameters on 2 CPU cores, which methods keep their loss and retrieval at 4× and 16×?",
+        preset="cpu-tiny",
+        runs=tuple(RunSpec(m) for m in ("si-p-rope", "rope", "alibi", "logn-p-rope")),
+        eval_tokens=1 << 16, eval_batch_tokens=1 << 14,
+        needle=Retrieval("needle", batch_size=8), passkey=Retrieval("passkey", batch_size=8),
+    ),
+}
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise ValueError(f"study must be one of {sorted(STUDIES)}, got {name!r}")
+    return STUDIES[name]
+
+
+# ---- one run ----
+
+def train_config(study: Study, spec: RunSpec, run_dir: Path) -> Any:
+    """The TrainConfig of a run: the preset, the study's and the run's overrides; validation at 1× only, at
+    ``curve_evals`` evenly spaced steps (the full evaluation follows training)."""
+    from siattn.model import resolve_config
+
+    overrides = {**dict(study.overrides), **dict(spec.overrides)}
+    config = resolve_config(study.preset, method=spec.method, seed=spec.seed, attn_backend=spec.backend,
+                            out=str(run_dir), **overrides)
+    every = max(1, config.steps // study.curve_evals)
+    return dataclasses.replace(config, eval_multipliers=(1,), eval_every=every, ckpt_every=config.steps,
+                               keep_checkpoints=1)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Commit, hardware and versions of the process that made a result."""
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
+    for name in ("triton", "tokenizers", "siattn"):
+        with contextlib.suppress(ImportError):
+            versions[name] = __import__(name).__version__
+    if device.type == "cuda":
+        hardware = f"{torch.cuda.get_device_name(device)} ({torch.version.cuda and 'CUDA ' + torch.version.cuda})"
+    else:
+        hardware = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+                   f"{torch.get_num_threads()} torch threads"
+    return {"commit": source_commit(), "hardware": hardware, "versions": versions,
+            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def source_commit() -> str:
+    """The commit the code ran at: ``SIATTN_COMMIT`` (set where the tree is a copy without .git), else git's
+    HEAD, with "+dirty" when tracked files differ from it; "unknown" outside a checkout."""
+    if os.environ.get("SIATTN_COMMIT"):
+        return os.environ["SIATTN_COMMIT"]
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def convergence(metrics: Sequence[dict[str, Any]], train_length: int) -> dict[str, Any]:
+    """Relative improvement of validation loss at 1× over the last fifth of training (from the two last
+    validations, which :func:`train_config` puts at 80% and 100% of the steps)."""
+    vals = [(r["step"], r["loss"][str(train_length)]) for r in metrics
+            if r.get("kind") == "val" and str(train_length) in r.get("loss", {})]
+    if len(vals) < 2:
+        return {"improvement_last_fifth": None}
+    (s0, v0), (s1, v1) = vals[-2], vals[-1]
+    return {"from_step": s0, "to_step": s1, "val_from": v0, "val_to": v1,
+            "improvement_last_fifth": (v0 - v1) / v0}
+
+
+def loss_by_length(model: torch.nn.Module, tokens: Any, lengths: Sequence[int], n_tokens: int,
+                   batch_tokens: int, progress: bool) -> dict[str, Any]:
+    """Loss at every length over the same scored tokens (:func:`siattn.evaluation.loss_by_length.scored_tokens`)."""
+    from siattn.evaluation.loss_by_length import loss_at_length, scored_tokens
+
+    n = scored_tokens(n_tokens, lengths)
+    out = {}
+    for length in lengths:
+        res = loss_at_length(model, tokens, length, n, batch_size=max(1, batch_tokens // length),
+                             progress=progress)
+        out[str(length)] = res.to_dict()
+    return out
+
+
+def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Module]], base: torch.nn.Module,
+              train_config: Any, ds: Any, lengths: Sequence[int], train_length: int, progress: bool,
+              log: Callable[[str], Any]) -> dict[str, Any]:
+    """Fine-tune ``base`` (in place) on the protocol's task at ``train_length``, then evaluate it under every
+    method of ``models`` (name -> a function that returns the fine-tuned weights under that method)."""
+    from siattn.evaluation.needle import NeedleTask, decoding_model, evaluate_retrieval, finetune
+    from siattn.evaluation.passkey import PasskeyTask
+
+    tok = ds.tokenizer
+
+    def task(split: str) -> Any:
+        return NeedleTask(ds.split(split), tok) if protocol.task == "needle" else PasskeyTask(tok)
+
+    t0 = time.perf_counter()
+    ft = finetune(base, task("train"), length=train_length, train_config=train_config, warmup=protocol.warmup,
+                  constant=protocol.constant, decay=protocol.decay, batch_size=protocol.batch_size,
+                  micro_batch_size=protocol.micro_batch_size, seed=protocol.seed, progress=progress, log=log)
+    ft["seconds"] = round(time.perf_counter() - t0, 1)
+    out: dict[str, Any] = {"protocol": dataclasses.asdict(protocol), "finetune": ft, "methods": {}}
+    for name, make in models.items():
+        t0 = time.perf_counter()
+        results = evaluate_retrieval(decoding_model(make()), task("val"), lengths, protocol.trials,
+                                     seed=protocol.seed, eod_id=tok.eod_id, decode=tok.decode,
+                                     margin=protocol.margin, progress=progress)
+        out["methods"][name] = {"seconds": round(time.perf_counter() - t0, 1),
+                                "lengths": {str(k): v for k, v in sorted(results.items())}}
+        log(f"{protocol.task} {name}: " + ", ".join(f"@{k} {v['accuracy']:.3f}" for k, v in sorted(results.items())))
+    return out
+
+
+def under_method(model: torch.nn.Module, method: str) -> torch.nn.Module:
+    """``model``'s weights in a new GPT that runs ``method`` (one that extends the trained method)."""
+    from siattn.methods import evaluation_method
+    from siattn.model import GPT
+
+    config = dataclasses.replace(model.config, method=evaluation_method(model.config.method, method))
+    other = GPT(config).to(next(model.parameters()).device)
+    other.load_state_dict(model.state_dict())
+    return other.eval()
+
+
+def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str | None = None,
+            progress: bool = True, log: Callable[[str], Any] = print) -> Path:
+    """Train, evaluate and write one run of ``study`` to ``out/runs/<run_id>/`` (see the module docstring)."""
+    from siattn.data import TokenDataset
+    from siattn.evaluation.common import load_for_eval
+    from siattn.training.distributed import init_distributed
+    from siattn.training.trainer import read_metrics, train
+
+    spec = study.spec(run_id)
+    final = out / RUNS / run_id
+    if final.exists():
+        raise FileExistsError(f"{final} exists: this run is done (delete the folder to run it again)")
+    started = time.time()
+    phases: dict[str, float] = {}
+    info = init_distributed(device)
+    env = environment(info.device)
+    run_dir = scratch / study.name / run_id
+    config = train_config(study, spec, run_dir)
+    t0 = time.perf_counter()
+    result = train(config, info, overwrite=True, progress=progress, log=log)
+    phases["train"] = time.perf_counter() - t0
+    if result.stopped_by:
+        raise RuntimeError(f"{run_id}: training stopped by {result.stopped_by}; the run is not written")
+
+    ckpt = load_for_eval(result.checkpoint, info.device)
+    ds = TokenDataset(config.data)
+    L = ckpt.train_length
+    multipliers = sorted({*study.multipliers, *spec.extra_multipliers})
+    lengths = [m * L for m in multipliers]
+    methods = [spec.method, *spec.extensions]
+
+    t0 = time.perf_counter()
+    evaluation = {"tokens": None, "methods": {}}
+    for m in methods:
+        model = under_method(ckpt.model, m)
+        evaluation["methods"][m] = loss_by_length(model, ds.val, lengths, study.eval_tokens,
+                                                  study.eval_batch_tokens, progress)
+        evaluation["tokens"] = next(iter(evaluation["methods"][m].values()))["tokens"]
+        log(f"loss {m}: " + ", ".join(f"@{k} {v['loss']:.4f}" for k, v in evaluation["methods"][m].items()))
+        del model
+    phases["eval"] = time.perf_counter() - t0
+
+    retrieved = {}
+    for protocol in (study.needle, study.passkey):
+        t0 = time.perf_counter()
+        base = load_for_eval(result.checkpoint, info.device).model
+        models = {m: (lambda m=m, b=base: under_method(b, m)) for m in methods}
+        retrieved[protocol.task] = retrieval(protocol, models, base, ckpt.train_config, ds, lengths, L, progress,
+                                             log)
+        phases[protocol.task] = time.perf_counter() - t0
+
+    metrics = read_metrics(result.metrics_path)
+    train_tokens = len(ds.train)
+    tokens = config.steps * config.tokens_per_step
+    summary = {
+        "study": study.name, "run_id": run_id, "label": spec.label, "spec": dataclasses.asdict(spec),
+        "command": f"siattn reproduce {study.name} --run {run_id} --out {out}",
+        **env,
+        "dataset": {"path": str(ds.path), "fingerprint": ds.manifest.get("fingerprint"),
+                    "source_digest": ds.manifest.get("source", {}).get("digest"),
+                    "train_tokens": train_tokens, "val_tokens": len(ds.val)},
+        "parameters": result.extra["parameters"], "tokens": tokens, "passes": tokens / train_tokens,
+        "tokens_per_s": result.tokens_per_s, "train_config": config.to_dict(),
+        "convergence": convergence(metrics, L),
+        "seconds": {k: round(v, 1) for k, v in phases.items()} | {"total": round(time.time() - started, 1)},
+        "train_length": L, "lengths": lengths,
+        "val": {m: {k: v["loss"] for k, v in r.items()} for m, r in evaluation["methods"].items()},
+        "needle": {m: {k: v["accuracy"] for k, v in r["lengths"].items()}
+                   for m, r in retrieved["needle"]["methods"].items()},
+        "passkey": {m: {k: v["accuracy"] for k, v in r["lengths"].items()}
+                    for m, r in retrieved["passkey"]["methods"].items()},
+    }
+    tmp = out / RUNS / f".{run_id}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write_json(tmp / "run.json", summary)
+        shutil.copyfile(result.metrics_path, tmp / "metrics.jsonl")
+        write_json(tmp / "eval.json", evaluation)
+        write_json(tmp / "needle.json", retrieved["needle"])
+        write_json(tmp / "passkey.json", retrieved["passkey"])
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"{run_id}: written to {final} ({summary['seconds']['total']:.0f} s)")
+    return final
+
+
+# ---- the table ----
+
+def completed_runs(out: Path) -> dict[str, dict[str, Any]]:
+    """run id -> run.json of every complete run folder under ``out/runs``."""
+    found = {}
+    for folder in sorted((out / RUNS).glob("*")):
+        if folder.name.startswith(".") or not all((folder / f).exists() for f in RUN_FILES):
+            continue
+        summary = read_json(folder / "run.json")
+        if summary is not None:
+            found[folder.name] = summary
+    return found
+
+
+def missing_runs(study: Study, out: Path) -> list[str]:
+    done = completed_runs(out)
+    return [r.run_id for r in study.runs if r.run_id not in done]
+
+
+def mean_se(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, standard error of the mean, n) of the values that are not None; s.e. needs n >= 2."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None, None, 0
+    if len(xs) == 1:
+        return xs[0], None, 1
+    return float(np.mean(xs)), float(np.std(xs, ddof=1) / math.sqrt(len(xs))), len(xs)
+
+
+def _cell(mean: float | None, se: float | None) -> str | None:
+    if mean is None:
+        return None
+    return f"{mean:.3f}" if se is None else f"{mean:.3f} ± {se:.3f}"
+
+
+@dataclass
+class Row:
+    """One table row: a method (or an extension evaluated on its base's checkpoints) over its seeds."""
+
+    label: str
+    runs: list[str] = field(default_factory=list)
+    val: dict[int, list[float]] = field(default_factory=dict)
+    needle: dict[int, list[float]] = field(default_factory=dict)
+    passkey: dict[int, list[float]] = field(default_factory=dict)
+
+
+def table_rows(study: Study, runs: dict[str, dict[str, Any]]) -> list[Row]:
+    """Rows in the order the study lists its runs' labels, extensions after their base."""
+    rows: dict[str, Row] = {}
+    for spec in study.runs:
+        for method in (spec.method, *spec.extensions):
+            label = spec.label if method == spec.method else spec.label.replace(spec.method, method, 1)
+            rows.setdefault(label, Row(label))
+            summary = runs.get(spec.run_id)
+            if summary is None:
+                continue
+            row = rows[label]
+            row.runs.append(spec.run_id)
+            mult = {int(n): int(n) // summary["train_length"] for n in summary["lengths"]}
+            for key in ("val", "needle", "passkey"):
+                for n, v in summary[key].get(method, {}).items():
+                    getattr(row, key).setdefault(mult[int(n)], []).append(v)
+    return [r for r in rows.values() if r.runs]
+
+
+def summarize(study: Study, out: Path) -> str:
+    """Write ``table.md``, ``table.json`` and the plots for the runs under ``out``; return the table."""
+    runs = completed_runs(out)
+    rows = table_rows(study, runs)
+    if not rows:
+        return "no completed runs yet\n"
+    mults = sorted({m for r in rows for m in r.val})
+    header = ["method", "seeds", *[f"val@{m}×" for m in mults], *[f"needle@{m}×" for m in mults],
+              *[f"passkey@{m}×" for m in mults]]
+    body, data = [], {}
+    for r in rows:
+        cells, entry = [], {"runs": r.runs}
+        for key in ("val", "needle", "passkey"):
+            for m in mults:
+                mean, se, n = mean_se(getattr(r, key).get(m, []))
+                cells.append(_cell(mean, se))
+                entry[f"{key}@{m}"] = {"mean": mean, "se": se, "n": n}
+        body.append([r.label, len(r.runs), *cells])
+        data[r.label] = entry
+    table = markdown_table(header, body)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "table.json", {"study": study.name, "rows": data})
+    facts = sorted({(s["commit"], s["hardware"]) for s in runs.values()})
+    lines = [f"# {study.name}: {study.question}\n", table,
+             "val: validation loss (nats/token) at multiples of the training length, the same scored tokens at "
+             "every length; needle: fraction of needles (3 per example) whose city and number are both right "
+             "after fine-tuning; passkey: exact match after fine-tuning. Mean ± standard error over seeds "
+             "where there are several. Extensions (rope-ntk, yarn, logn-ntk) are evaluated on the checkpoints "
+             "of the method they extend.\n",
+             "Runs (commit, hardware): " + "; ".join(f"`{c[:12]}` on {h}" for c, h in facts) + "\n",
+             f"Regenerate: `siattn reproduce {study.name} --table --out {out}`\n"]
+    (out / "table.md").write_text("\n".join(lines))
+    plot_study(study, runs, rows, out)
+    return table
+
+
+def plot_study(study: Study, runs: dict[str, dict[str, Any]], rows: list[Row], out: Path) -> None:
+    """loss-by-length.png (mean over seeds), training-curves.png (seed 0), needle-heatmaps.png (seed 0)."""
+    from siattn.evaluation.needle import depth_accuracy
+    from siattn.evaluation.plots import plot_depth_heatmaps, plot_loss_by_length
+    from siattn.plotting import pyplot, save_figure
+    from siattn.training.trainer import read_metrics
+
+    train_length = next(iter(runs.values()))["train_length"]
+    by_length = []
+    for r in rows:
+        mults = sorted(r.val)
+        by_length.append({"label": r.label, "lengths": [m * train_length for m in mults],
+                          "losses": [float(np.mean(r.val[m])) for m in mults], "train_length": train_length})
+    plot_loss_by_length(by_length, out / "loss-by-length.png", title=f"{study.name}: validation loss by length")
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    panels = []
+    for run_id, s in runs.items():
+        if s["spec"]["seed"] != 0:
+            continue
+        curve = [r for r in read_metrics(out / RUNS / run_id / "metrics.jsonl") if r.get("kind") == "train"]
+        ax.plot([r["step"] for r in curve], [r["loss"] for r in curve], lw=1.2, label=s["label"])
+        needle = read_json(out / RUNS / run_id / "needle.json") or {}
+        for method, res in needle.get("methods", {}).items():
+            lengths = {int(k): v for k, v in res["lengths"].items()}
+            acc, _, ls = depth_accuracy(lengths)
+            name = s["label"] if method == s["spec"]["method"] else s["label"].replace(s["spec"]["method"], method, 1)
+            panels.append({"title": name, "accuracy": acc,
+                           "col_labels": [f"{L // train_length}×" for L in ls]})
+    ax.set(xlabel="step", ylabel="training loss (nats/token)", title=f"{study.name}: training loss (seed 0)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    save_figure(fig, out / "training-curves.png")
+    if panels:
+        plot_depth_heatmaps(panels, out / "needle-heatmaps.png", title="needle accuracy by depth and length (seed 0)")
+
+
+def describe(study: Study, out: Path) -> str:
+    """The study's runs and which are done, as a Markdown table."""
+    done = completed_runs(out)
+    rows = [[r.run_id, r.method, r.seed, r.backend or "auto", " ".join(r.extensions) or "—",
+             " ".join(f"{m}×" for m in r.extra_multipliers) or "—", "done" if r.run_id in done else "to do"]
+            for r in study.runs]
+    return markdown_table(["run", "method", "seed", "backend", "extensions", "extra lengths", "status"], rows)
+
+
+def protocol(study: Study) -> dict[str, Any]:
+    """The study's protocol as JSON-able data (written next to its results)."""
+    return json.loads(json.dumps(dataclasses.asdict(study), default=str))

@@ -1,0 +1,131 @@
+"""The comparison grid: one run end to end into its results folder, the table from run folders, resumption."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from siattn.evaluation import grid
+from siattn.evaluation.grid import Retrieval, RunSpec, Study
+from siattn.methods import evaluation_method
+
+TINY = Retrieval("needle", trials=2, warmup=1, constant=1, decay=0, batch_size=2)
+
+
+def tiny_study(data: str) -> Study:
+    return Study(
+        name="tiny", question="does the pipeline run?", preset="cpu-tiny",
+        overrides=(("steps", 4), ("seq_len", 384), ("batch_size", 2), ("n_layer", 1), ("n_embd", 64),
+                   ("head_dim", 32), ("data", data)),
+        runs=(RunSpec("rope", extensions=("rope-ntk",)), RunSpec("si-p-rope", extra_multipliers=(3,))),
+        multipliers=(1, 2), eval_tokens=2304, eval_batch_tokens=2304,
+        needle=TINY, passkey=dataclasses.replace(TINY, task="passkey"))
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    from siattn.data import prepare_dataset
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x * {j} + {i}\n" for j in range(400)))
+    return str(prepare_dataset(str(src), tmp_path / "data", tokenizer="bytes", progress=False).parent)
+
+
+@pytest.mark.slow
+def test_a_run_writes_its_results_and_the_table_reads_them(tmp_path, tiny_data):
+    study = tiny_study(tiny_data)
+    out = tmp_path / "out"
+    folder = grid.run_one(study, "rope-s0", out, scratch=tmp_path / "scratch", device="cpu", progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(grid.RUN_FILES)
+    summary = json.loads((folder / "run.json").read_text())
+    assert summary["lengths"] == [384, 768]
+    assert set(summary["val"]) == {"rope", "rope-ntk"}
+    # NTK changes nothing at the training length and something beyond it
+    assert summary["val"]["rope"]["384"] == summary["val"]["rope-ntk"]["384"]
+    assert summary["val"]["rope"]["768"] != summary["val"]["rope-ntk"]["768"]
+    assert 0.0 <= summary["needle"]["rope-ntk"]["768"] <= 1.0
+    assert summary["tokens"] == 4 * 2 * 384 and summary["passes"] == pytest.approx(
+        summary["tokens"] / summary["dataset"]["train_tokens"])
+    assert summary["convergence"]["to_step"] == 4
+    assert not list((out / "runs").glob(".*")), "no temporary folder is left behind"
+    assert grid.missing_runs(study, out) == ["si-p-rope-s0"]
+    with pytest.raises(FileExistsError, match="done"):
+        grid.run_one(study, "rope-s0", out, scratch=tmp_path / "scratch", device="cpu", progress=False)
+    table = grid.summarize(study, out)
+    assert "| rope | 1 |" in table and "| rope-ntk | 1 |" in table
+    assert (out / "table.md").exists() and (out / "loss-by-length.png").exists()
+    assert (out / "needle-heatmaps.png").exists() and (out / "training-curves.png").exists()
+
+
+def _fake_run(out, study, spec, val, needle):
+    folder = out / "runs" / spec.run_id
+    folder.mkdir(parents=True)
+    lengths = [512 * m for m in study.multipliers]
+    summary = {"run_id": spec.run_id, "label": spec.label, "spec": dataclasses.asdict(spec), "train_length": 512,
+               "lengths": lengths, "commit": "abc", "hardware": "test",
+               "val": {spec.method: dict(zip(map(str, lengths), val))},
+               "needle": {spec.method: dict(zip(map(str, lengths), needle))}, "passkey": {}}
+    (folder / "run.json").write_text(json.dumps(summary))
+    (folder / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "loss": 3.0}) + "\n")
+    for name in ("eval.json", "needle.json", "passkey.json"):
+        (folder / name).write_text("{}")
+
+
+def test_seeds_are_averaged_with_their_standard_error(tmp_path):
+    study = Study(name="t", question="q", preset="cpu-tiny", multipliers=(1, 4),
+                  runs=(RunSpec("rope", seed=0), RunSpec("rope", seed=1), RunSpec("alibi")))
+    _fake_run(tmp_path, study, study.runs[0], [1.0, 2.0], [1.0, 0.0])
+    _fake_run(tmp_path, study, study.runs[1], [1.2, 2.4], [0.5, 0.0])
+    lines = grid.summarize(study, tmp_path).strip().splitlines()
+    assert lines[0].startswith("| method | seeds | val@1× | val@4× | needle@1× | needle@4× |")
+    assert lines[2].startswith("| rope | 2 | 1.100 ± 0.100 | 2.200 ± 0.200 | 0.750 ± 0.250 | 0.000 ± 0.000 |")
+    assert len(lines) == 3, "alibi has no run yet: no row"
+    rows = json.loads((tmp_path / "table.json").read_text())["rows"]
+    assert rows["rope"]["val@4"]["n"] == 2 and math.isclose(rows["rope"]["val@4"]["se"], 0.2)
+
+
+def test_an_unfinished_run_folder_is_not_counted(tmp_path):
+    study = Study(name="t", question="q", preset="cpu-tiny", runs=(RunSpec("rope"),))
+    (tmp_path / "runs" / "rope-s0").mkdir(parents=True)
+    (tmp_path / "runs" / "rope-s0" / "run.json").write_text("{}")
+    assert grid.missing_runs(study, tmp_path) == ["rope-s0"]
+    assert grid.summarize(study, tmp_path) == "no completed runs yet\n"
+
+
+def test_run_ids_name_seed_backend_and_overrides():
+    assert RunSpec("si-p-rope", seed=2, backend="flex").run_id == "si-p-rope-s2-flex"
+    assert RunSpec("si-p-rope", overrides=(("tau", 0.1),), tag="tau0.1").run_id == "si-p-rope-tau0.1-s0"
+    with pytest.raises(ValueError, match="run must be one of"):
+        grid.get_study("gpu-small").spec("nonsense-s0")
+
+
+def test_every_study_is_valid_and_its_run_ids_are_unique():
+    from siattn.model import resolve_config
+
+    for study in grid.STUDIES.values():
+        ids = [r.run_id for r in study.runs]
+        assert len(ids) == len(set(ids)), study.name
+        for spec in study.runs:
+            config = grid.train_config(study, spec, grid.RUNS)
+            assert config.eval_multipliers == (1,) and config.steps % study.curve_evals == 0, spec.run_id
+            for ext in spec.extensions:
+                assert evaluation_method(spec.method, ext) == ext
+        assert resolve_config(study.preset).steps >= study.curve_evals
+
+
+def test_extensions_only_run_on_the_checkpoints_they_extend():
+    assert evaluation_method("rope", "yarn") == "yarn"
+    assert evaluation_method("logn-rope", "logn-ntk") == "logn-ntk"
+    with pytest.raises(ValueError, match="cannot evaluate a checkpoint trained with 'p-rope'"):
+        evaluation_method("p-rope", "rope-ntk")
+
+
+def test_the_gpu_grid_stays_under_one_pass_of_its_data():
+    from siattn.model import resolve_config
+
+    config = resolve_config("gpu-small")
+    python_all_bytes = 300_750_195  # training bytes of python-all here (results/data-prepare), the smaller corpus
+    assert config.steps * config.tokens_per_step < python_all_bytes
