@@ -1,8 +1,9 @@
-"""One GPU call, several stages: run on the H200 as `PYTHONPATH=src python3 benchmarks/gpu_session.py STAGE ...`.
+"""Several GPU stages in one command: run on the GPU machine as
+`PYTHONPATH=src python3 benchmarks/gpu_session.py STAGE ...`.
 
 Each stage runs as a subprocess with its own time limit, its output goes to $OUT/log-STAGE.txt, and after every
-stage the results so far are packed into $OUT/results.tgz (the device tool returns at most 8 files), so a stage
-that runs out of time loses only itself.
+stage the results so far are packed into $OUT/results.tgz (one file to copy back), so a stage that runs out of
+time loses only itself.
 """
 
 from __future__ import annotations

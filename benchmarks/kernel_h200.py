@@ -402,7 +402,8 @@ def _order_at(t, b, record, rep_ms):
 
 def stage_order(rep_ms=100):
     """Forward, dK/dV and dQ times with the default tiles under each program order (``section``) and, for the
-    backward, with dP issued early or after P. Rows of ``section`` 1 with late dP are the order of session 5."""
+    backward, with dP issued early or after P. Rows of ``section`` 1 with late dP are the
+    baseline: the order and the backward before the interleaved program order and early dP were introduced."""
     import torch
 
     rows = []
