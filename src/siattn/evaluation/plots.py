@@ -56,22 +56,28 @@ def plot_loss_by_length(rows: Sequence[dict[str, Any]], path: str | Path, *,
 
 
 def plot_depth_heatmaps(panels: Sequence[dict[str, Any]], path: str | Path, *,
-                        title: str | None = None) -> Path:
+                        title: str | None = None, ncols: int = 5) -> Path:
     """``panels``: dicts with ``title``, ``accuracy`` (depth bins × lengths, NaN where empty) and
-    ``col_labels``; rows are depth bins [k/n, (k+1)/n) from 0 % (top) to 100 % (bottom), cells annotated."""
+    ``col_labels``; rows are depth bins [k/n, (k+1)/n) from 0 % (top) to 100 % (bottom), cells annotated.
+    At most ``ncols`` panels per row of the figure."""
     plt = pyplot()
     n = len(panels)
+    cols, rows = min(n, ncols), -(-n // ncols)
     width = max(3.2, 1.1 * max(p["accuracy"].shape[1] for p in panels) + 1.6)
-    fig, axes = plt.subplots(1, n, figsize=(width * n, 4.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 4.8 * rows), squeeze=False, sharey=True)
     image = None
-    for k, (ax, p) in enumerate(zip(axes[0], panels)):
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.set_visible(False)
+            continue
+        p = panels[k]
         acc = np.asarray(p["accuracy"], dtype=float)
         n_bins = acc.shape[0]
         image = ax.imshow(np.ma.masked_invalid(acc), vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(acc.shape[1]), p["col_labels"])
-        ax.set_yticks(range(n_bins), [f"{100 * k // n_bins}%" for k in range(n_bins)])
+        ax.set_yticks(range(n_bins), [f"{100 * b // n_bins}%" for b in range(n_bins)])
         ax.set_xlabel("context length")
-        if k == 0:  # the panels share the depth axis: one label, no overlap with the neighbour
+        if k % cols == 0:  # the panels of a row share the depth axis: one label, no overlap with the neighbour
             ax.set_ylabel("needle depth")
         ax.set_title(p["title"], fontsize=10)
         for i in range(acc.shape[0]):
@@ -79,7 +85,7 @@ def plot_depth_heatmaps(panels: Sequence[dict[str, Any]], path: str | Path, *,
                 if np.isfinite(acc[i, j]):
                     ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7)
     if image is not None:
-        fig.colorbar(image, ax=axes[0].tolist(), label="accuracy", shrink=0.9)
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="accuracy", shrink=0.9)
     if title:
         fig.suptitle(title)
     return save_figure(fig, path, dpi=120)
