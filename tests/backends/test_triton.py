@@ -379,7 +379,7 @@ def test_strided_inputs_as_a_model_passes_them(transform, layout):
 def test_gpt_gradients_on_the_triton_backend_match_the_reference_backend(method):
     """The integration the kernel tests missed: a GPT hands the backend transposed views; its parameter gradients
     through the Triton kernels must match those through the reference backend (same half-precision weights)."""
-    from siattn.model.config import GPTConfig
+    from siattn.model import GPTConfig
     from siattn.model.gpt import GPT
 
     torch.manual_seed(0)

@@ -42,7 +42,7 @@ class Checkpoint:
     path: str
     model: torch.nn.Module
     config: Any  # siattn.model.GPTConfig
-    train_config: Any | None  # siattn.model.TrainConfig, when the checkpoint holds one
+    train_config: Any | None  # siattn.training.TrainConfig, when the checkpoint holds one
     step: int
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
@@ -65,7 +65,7 @@ class Checkpoint:
 def load_for_eval(path: str | Path, device: torch.device | str = "cpu", *, label: str | None = None,
                   attn_backend: str | None = None) -> Checkpoint:
     """Load a checkpoint (a checkpoint folder or a run folder: its newest) in eval mode on ``device``."""
-    from siattn.model import TrainConfig, load_checkpoint
+    from siattn.training import TrainConfig, load_checkpoint
 
     device = torch.device(device)
     model, config, extra = load_checkpoint(path, device=device, attn_backend=attn_backend)
@@ -91,7 +91,7 @@ def load_checkpoints(paths: Sequence[str], device: torch.device, labels: Sequenc
                      attn_backend: str | None = None) -> Iterator[Checkpoint]:
     """Load the checkpoints one at a time (only one model in memory), labelled by ``labels`` or their method
     (made unique). The labels are settled before any model is loaded, from each checkpoint's state.json."""
-    from siattn.model import read_checkpoint_state
+    from siattn.training import read_checkpoint_state
 
     if labels and len(labels) != len(paths):
         raise ValueError(f"{len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")

@@ -256,13 +256,13 @@ def finetune(model: nn.Module, task: RetrievalTask, *, length: int, train_config
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train ``model`` in place on ``task`` examples of ``length`` tokens, loss on the answer tokens only.
 
-    The optimisers are the model's own (:func:`siattn.model.build_optimizer` with ``train_config``'s
+    The optimisers are the model's own (:func:`siattn.training.build_optimizer` with ``train_config``'s
     learning rates × ``lr_scale``); the lr rises linearly over ``warmup`` steps, stays for ``constant`` and
-    falls linearly to 0 over ``decay`` (:func:`siattn.model.lr_multiplier`). Each step takes ``batch_size``
+    falls linearly to 0 over ``decay`` (:func:`siattn.training.lr_multiplier`). Each step takes ``batch_size``
     fresh examples drawn from ``numpy.random.default_rng([seed, 1, step])``, ``micro_batch_size`` per forward.
     Returns the settings and the loss of every step.
     """
-    from siattn.model import build_optimizer, lr_multiplier
+    from siattn.training import build_optimizer, lr_multiplier
 
     total = warmup + constant + decay
     if min(warmup, constant, decay) < 0:

@@ -10,6 +10,7 @@ from siattn.positional.rope import (
     p_rope_inv_freq,
     rope_inv_freq,
     rotate_half,
+    scaled_p_rope_base,
     yarn_inv_freq,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "p_rope_inv_freq",
     "rope_inv_freq",
     "rotate_half",
+    "scaled_p_rope_base",
     "yarn_inv_freq",
 ]

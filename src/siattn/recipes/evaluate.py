@@ -89,7 +89,7 @@ class Plan:
 
 
 def plan_checkpoints(paths: list[str]) -> dict[str, Plan]:
-    from siattn.model import read_checkpoint_state
+    from siattn.training import read_checkpoint_state
 
     out = {}
     for path in paths:

@@ -162,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
     import siattn
     from siattn.data import load_tokenizer
     from siattn.evaluation.needle import finetune
-    from siattn.model import TrainConfig, load_checkpoint, save_checkpoint
+    from siattn.training import TrainConfig, load_checkpoint, save_checkpoint
 
     task_name = args.task
     args.trials = args.trials or DEFAULT_TRIALS[task_name]

@@ -5,7 +5,7 @@ A run folder holds everything a run did:
     config.json      the full resolved TrainConfig + what was derived (world size, accumulation, device, ...)
     metrics.jsonl    one JSON object per line: {"kind": "train", "step", "loss", "lr_mult", "tokens", ...}
                      and {"kind": "val", "step", "loss": {"512": ..., "2048": ...}} (nats/token)
-    checkpoints/     step_XXXXXX/ folders (siattn.model.checkpoint) and LATEST
+    checkpoints/     step_XXXXXX/ folders (siattn.training.checkpointing) and LATEST
     loss.png         the loss curves; summary.json: final numbers
     tensorboard/     the same metrics as TensorBoard events (with --tensorboard)
 
@@ -33,19 +33,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from siattn.evaluation.common import write_json
-from siattn.model.checkpoint import (
+from siattn.model.gpt import GPT
+from siattn.precision import autocast as precision_autocast
+from siattn.training.checkpointing import (
     CHECKPOINTS,
     CheckpointError,
     load_training_state,
     read_checkpoint_state,
+    resolve_checkpoint,
     save_run_checkpoint,
 )
-from siattn.model.config import TrainConfig
-from siattn.model.gpt import GPT
-from siattn.model.optim import build_optimizer
-from siattn.model.schedules import lr_multiplier
-from siattn.precision import autocast as precision_autocast
+from siattn.training.config import TrainConfig, resolve_config
 from siattn.training.distributed import DistInfo, all_reduce_sum, any_rank, barrier
+from siattn.training.lr_schedules import lr_multiplier
+from siattn.training.optim import build_optimizer
 
 # fields that may change when a run is resumed (everything else must match the checkpoint's config)
 # (``data`` may move; a different dataset is caught when the loader's window count does not match)
@@ -247,8 +248,6 @@ def plot_metrics(metrics_path: Path, out: Path, *, unigram_entropy: float | None
 def resume_config(checkpoint: str | Path, overrides: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
     """The checkpoint's TrainConfig with the overrides that may change on resume applied, and the names of
     overrides that were ignored because they would change what is being trained."""
-    from siattn.model.config import resolve_config
-
     _, state = read_checkpoint_state(checkpoint, verify=False)
     if not state.get("train_config"):
         raise CheckpointError(f"{checkpoint}: holds no training config; it cannot be resumed")
@@ -265,8 +264,6 @@ def _config_value(config: TrainConfig, name: str) -> Any:
 
 def find_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run folder, or None."""
-    from siattn.model.checkpoint import resolve_checkpoint
-
     if not (run_dir / CHECKPOINTS).exists():
         return None
     try:

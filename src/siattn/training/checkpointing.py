@@ -30,7 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from siattn.data.tokenizer import sha256_file
-from siattn.model.config import GPTConfig, TrainConfig
+from siattn.model import GPT, GPTConfig
+from siattn.training.config import TrainConfig
 
 FORMAT = "siattn-checkpoint"
 VERSION = 1
@@ -145,7 +146,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: GPTConf
     """Write a checkpoint folder at ``path`` atomically (replacing one that is there). Returns ``path``.
 
     ``model`` is the bare module (not DDP- or compile-wrapped); ``optimizer`` anything with ``state_dict()``
-    returning {name: torch optimizer state_dict} (an :class:`~siattn.model.optim.OptimizerSet`).
+    returning {name: torch optimizer state_dict} (an :class:`~siattn.training.optim.OptimizerSet`).
     ``extra_files`` {name: source path} are copied in (e.g. the tokenizer, so a checkpoint stands alone).
     """
     path = Path(path)
@@ -281,8 +282,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, att
     """Rebuild the model of a checkpoint: (model in eval mode on ``device``, its GPTConfig, the rest of
     state.json: step, metrics, train_config, ...). ``path``: a checkpoint folder, or a run folder (its newest
     checkpoint). ``attn_backend`` overrides the backend the model was trained with."""
-    from siattn.model.gpt import GPT
-
     folder, state = read_checkpoint_state(path, verify=verify)
     try:
         config = GPTConfig.from_dict(state["model_config"])
