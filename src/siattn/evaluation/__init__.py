@@ -11,8 +11,9 @@ The command-line recipes are ``siattn eval`` (:mod:`siattn.recipes.evaluate`) an
 (:mod:`siattn.recipes.needle`).
 """
 
+from siattn.evaluation.checkpoints import Checkpoint, load_checkpoints, load_for_eval
 from siattn.evaluation.cities import CITIES
-from siattn.evaluation.common import Checkpoint, eval_lengths, load_checkpoints, load_for_eval
+from siattn.evaluation.lengths import eval_lengths
 from siattn.evaluation.loss_by_length import (
     LengthLoss,
     bin_by_position,

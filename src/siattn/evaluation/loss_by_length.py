@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from siattn.evaluation.common import autocast
+from siattn.precision import autocast
 
 # above this many logits (T × padded vocab per forward) the head runs over slices of the sequence
 HEAD_CHUNK_THRESHOLD = 1 << 26

@@ -37,7 +37,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from siattn.evaluation.cities import CITIES
-from siattn.evaluation.common import amp_dtype, autocast
+from siattn.precision import amp_dtype, autocast
 
 NEEDLE_TEMPLATE = "The special magic {city} number is {number}.\n"
 QUESTION = ("\nQuestion: what are the special magic numbers of the cities above, in the order they appear?\n"

@@ -132,7 +132,7 @@ def _model_main(args: argparse.Namespace) -> int:
 
     from siattn.analysis import model_stats
     from siattn.data import DataError, validation_windows
-    from siattn.evaluation.common import load_checkpoints, open_validation_data, resolve_device
+    from siattn.evaluation.checkpoints import load_checkpoints, open_validation_data, resolve_device
     from siattn.training import CheckpointError
 
     out: Path = args.out

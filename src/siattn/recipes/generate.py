@@ -51,7 +51,7 @@ def checkpoint_tokenizer(folder: str | Path, extra: dict[str, Any], override: st
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from siattn.evaluation.common import resolve_device
+    from siattn.evaluation.checkpoints import resolve_device
     from siattn.training.checkpointing import load_checkpoint
 
     if (args.prompt is None) == (args.prompt_file is None):

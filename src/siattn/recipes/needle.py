@@ -21,18 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from siattn.evaluation.common import (
-    Checkpoint,
-    command_line,
-    eval_lengths,
-    length_label,
-    load_checkpoints,
-    markdown_table,
-    open_validation_data,
-    read_json,
-    resolve_device,
-    write_json,
-)
+from siattn.evaluation.checkpoints import Checkpoint, load_checkpoints, open_validation_data, resolve_device
+from siattn.evaluation.lengths import eval_lengths, length_label
+from siattn.io import command_line, markdown_table, read_json, write_json
 from siattn.recipes.evaluate import add_model_arguments
 
 HELP = "Needle-in-a-haystack or passkey retrieval: accuracy by context length and needle depth."

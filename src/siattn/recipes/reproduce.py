@@ -62,7 +62,7 @@ def _run(argv: list[str]) -> None:
 
 def summarize(out: Path, methods: list[str]) -> str:
     """The paper-style table: validation loss and needle / passkey accuracy at 1×, 4×, 16× per method."""
-    from siattn.evaluation.common import markdown_table, read_json
+    from siattn.io import markdown_table, read_json
 
     evaluation = read_json(out / "eval" / "eval.json") or {"checkpoints": {}}
     needle = read_json(out / "needle" / "needle.json") or {"checkpoints": {}}

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from siattn.evaluation.common import write_json
+from siattn.io import write_json
 from siattn.model.gpt import GPT
 from siattn.precision import autocast as precision_autocast
 from siattn.training.checkpointing import (
