@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from siattn.backends import Backend, register_backend
-from siattn.backends.transforms import LogitTransform, alibi_slopes
+from siattn.backends.transforms import LogitTransform
+from siattn.positional.alibi import alibi_slopes
 
 try:  # the kernels need triton; the backend still registers without it and says why it cannot run
     import triton

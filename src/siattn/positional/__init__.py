@@ -1,6 +1,6 @@
 """Positional encodings: rotary variants (RoPE, p-RoPE, dynamic NTK, YaRN), ALiBi slopes, LogN query scaling."""
 
-from siattn.backends.transforms import alibi_slopes
+from siattn.positional.alibi import alibi_slopes
 from siattn.positional.logn import logn_init, logn_query_scale
 from siattn.positional.rope import (
     ROTARY_KINDS,
