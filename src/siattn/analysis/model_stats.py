@@ -1,9 +1,10 @@
 """Attention statistics of a trained model: the theory figures' metrics on its real attention logits.
 
 Validation windows of ``length`` tokens go through the model. A forward pre-hook on each chosen layer's
-attention receives the block input x and the rotary (cos, sin) and recomputes q and k as
-:class:`siattn.model.gpt.CausalSelfAttention` does (projections, QK-norm, rotary) for a few query rows only
-(memory R × T per head, never T × T). From them:
+attention receives the block input x and the rotary (cos, sin) and computes q and k with the layer's own
+:meth:`siattn.model.gpt.CausalSelfAttention.queries_keys` (projections, QK-norm, rotary) for a few query rows only
+(memory R × T per head, never T × T), then scores and logits with the reference backend's
+:func:`~siattn.backends.reference.grouped_scores` and :func:`~siattn.backends.reference.attention_logits`. From them:
 
 - raw scores S = q·k/√d: the quantity the transform assumes is N(0, 1) (QQ plots and moments, without the first
   token of the window, which trained models use as an attention sink);
@@ -35,10 +36,8 @@ import torch
 
 from siattn.analysis import metrics
 from siattn.analysis.theory import fit_line, log_grid
-from siattn.backends.transforms import transform_logits
-from siattn.model.gpt import norm
+from siattn.backends.reference import attention_logits, grouped_scores
 from siattn.plotting import pyplot, save_figure
-from siattn.positional import apply_rotary
 
 GRID_METRICS = ("entropy", "entropy_no_sink", "last_k_mass", "last_k_mass_no_sink")
 SAMPLED_METRICS = (*GRID_METRICS, "sink_mass")
@@ -159,20 +158,14 @@ def attention_scores(attn: torch.nn.Module, x: torch.Tensor, rotary: tuple[torch
     H, Hkv, D = attn.n_head, attn.n_kv_head, attn.head_dim
     pos = torch.as_tensor(positions, device=x.device, dtype=torch.long)
     R = pos.numel()
-    q = norm(attn.c_q(x[:, pos]).view(B, R, H, D).transpose(1, 2))  # (B, H, R, D)
-    k = norm(attn.c_k(x).view(B, T, Hkv, D).transpose(1, 2))  # (B, Hkv, T, D)
-    if rotary is not None:
-        cos, sin = rotary
-        q, k = apply_rotary(q, cos[pos], sin[pos]), apply_rotary(k, cos, sin)
-    S = torch.matmul(q.float().view(B, Hkv, H // Hkv, R, D), k.float()[:, :, None].transpose(-1, -2))
-    S = S / math.sqrt(D)  # (B, Hkv, G, R, T)
+    q, k = attn.queries_keys(x, rotary, pos)  # (B, H, R, D), (B, Hkv, T, D): the model's own projections
+    S = grouped_scores(q.float(), k.float(), 1.0 / math.sqrt(D))  # (B, Hkv, G, R, T)
     L = S
     if attn.method.uses_logn:  # s_h·log n on the whole row, n = pos + 1 keys seen (applied before the transform)
         s = attn.logn_scale.detach().float().view(Hkv, H // Hkv, 1, 1)
         L = L * (s * torch.log(pos.float() + 1).view(R, 1))
     signed = pos[:, None] - torch.arange(T, device=x.device)[None, :]
-    L, _ = transform_logits(L, signed.abs(), attn.method.logit_transform(attn.tau), H)
-    L = L.masked_fill(signed < 0, float("-inf"))
+    L = attention_logits(L, signed, attn.method.logit_transform(attn.tau), H, causal=True)
     return S.reshape(B, H, R, T), L.reshape(B, H, R, T)
 
 
