@@ -202,7 +202,7 @@ def test_tensorboard_mirrors_the_metrics_and_a_resume_drops_the_steps_it_redoes(
 
 def test_validation_scores_a_multiple_of_every_length_not_only_the_longest():
     from siattn.training.config import resolve_config
-    from siattn.training.trainer import eval_token_count
+    from siattn.training.validation import eval_token_count
 
     config = resolve_config("cpu-tiny", seq_len=32, eval_multipliers=(2, 3), eval_tokens=1100)
     n = eval_token_count(config, val_tokens=10_000)

@@ -19,8 +19,11 @@ from siattn.training.checkpointing import (
 from siattn.training.config import PRESETS, SCHEDULES, TrainConfig, describe_presets, resolve_config
 from siattn.training.distributed import DistInfo, init_distributed
 from siattn.training.lr_schedules import lr_multiplier
+from siattn.training.metrics import plot_metrics, read_metrics
 from siattn.training.optim import OptimizerSet, build_optimizer, parameter_groups
-from siattn.training.trainer import RunResult, evaluate, plot_metrics, read_metrics, train
+from siattn.training.step import optimizer_step
+from siattn.training.trainer import RunResult, train
+from siattn.training.validation import evaluate
 
 __all__ = [
     "PRESETS",
@@ -37,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "load_training_state",
     "lr_multiplier",
+    "optimizer_step",
     "parameter_groups",
     "plot_metrics",
     "read_checkpoint_state",
