@@ -167,8 +167,8 @@ DEFAULT_FWD_SI = FwdConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, tm
 DEFAULT_BWD = BwdConfig()
 # scale-invariant backward (dQ fused into the dK/dV kernel): the far-tile polynomials, dPᵀ after P, and the dQᵀ
 # product issued before dV and dK (which then run on during the reduction and the next step's loads); on the H200
-# (session 8, call 5) 1.713 / 5.77 / 44.3 ms at 4k / 16k / 64k against 1.790 / 6.43 / 48.9 for session 7's default
-# (exact transform, dPᵀ first, dQᵀ last, 4 stages; call 3); with this order 3 stages beat 4
+# (benchmarks/kernel_h200.py) 1.713 / 5.77 / 44.3 ms at 4k / 16k / 64k against 1.790 / 6.43 / 48.9 with the exact
+# transform, dPᵀ first, dQᵀ last and 4 stages; with this order 3 stages beat 4
 DEFAULT_BWD_SI = BwdConfig(dkdv_poly=3, dkdv_early_dp=False, fused_dq_order="before-dv")
 DEFAULT_DECODE = DecodeConfig()
 INTERPRETER_FWD = FwdConfig(16, 16, 1, 1, False, True, False)
@@ -182,7 +182,7 @@ FWD_CANDIDATES = (
     DEFAULT_FWD_SI,
     FwdConfig(128, 64, 8, 4, False, True, True),
     FwdConfig(128, 128, 8, 2, False, True, True),
-    # with the online softmax on every tile (the default before session 5)
+    # with the online softmax on every tile
     FwdConfig(128, 64, 8, 3, False, True, False),
     FwdConfig(128, 64, 8, 3, False, False, False),
     FwdConfig(128, 64, 8, 4, False, True, False),
@@ -199,10 +199,10 @@ DKDV_CANDIDATES = (  # also the candidates of the dK/dV kernel with the fused dQ
     BwdConfig(dkdv_m=32, dkdv_n=64, dkdv_warps=4, dkdv_stages=2),
     # far-tile polynomials (orders 3/2/1): the fastest split kernel at 64k on the H200
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=3),
-    # dP after P, the order before session 6
+    # dP issued after P instead of before it
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_early_dp=False),
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=3, dkdv_poly=3, dkdv_early_dp=False),
-    # the fused kernel's dQᵀ product before dV and dK (session 8; the fused default first)
+    # the fused kernel's dQᵀ product before dV and dK (the fused default first)
     DEFAULT_BWD_SI,
     dataclasses.replace(DEFAULT_BWD_SI, dkdv_stages=4),
     BwdConfig(dkdv_m=32, dkdv_n=128, dkdv_warps=8, dkdv_stages=4, fused_dq_order="before-dv"),
