@@ -279,7 +279,7 @@ def _variants_at(t, b, res, rep_ms, forward_only=False):
 
     import siattn.backends.triton as tb
     from siattn.backends.transforms import LogitTransform
-    from siattn.recipes.bench import causal_flops
+    from siattn.benchmarking.cuda import causal_flops
 
     torch.manual_seed(t)
     q, k, v = (torch.randn(b, 6, t, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))

@@ -276,9 +276,9 @@ def main(argv=None) -> int:
         _time_at(t, b, res["timing"])
         (OUT / "tiling_probe.json").write_text(json.dumps(res, indent=1))
     if SET["name"] in ("stages", "order", "poly"):  # fwd+bwd as `siattn bench` times them, with the defaults
-        from siattn.recipes.bench import _time_prefill
+        from siattn.benchmarking.cuda import time_prefill
 
-        res["prefill_4k"] = [_time_prefill(name, 4096, 8, 6, 6, 128, 10.0, True, 100)
+        res["prefill_4k"] = [time_prefill(name, 4096, 8, 6, 6, 128, 10.0, True, 100)
                              for name in ("flex-si", "triton-si")]
         for row in res["prefill_4k"]:
             kh.log("prefill 4k x 8", row)
