@@ -96,7 +96,7 @@ def stage_analyze() -> list[list[str]]:
 
 def tokens_per_second(run: Path, skip: int = 20) -> dict:
     """Median tokens/s of the logged training windows after ``skip`` steps (start-up excluded)."""
-    from siattn.training.trainer import read_metrics
+    from siattn.training.metrics import read_metrics
 
     records = read_metrics(run / "metrics.jsonl")
     train = [r for r in records if r.get("kind") == "train" and r["step"] > skip]
@@ -111,7 +111,7 @@ def tokens_per_second(run: Path, skip: int = 20) -> dict:
 def plot_train_curves(runs: list[Path], out: Path, title: str) -> Path:
     """Training loss against step for several runs (their metrics.jsonl), one figure."""
     from siattn.plotting import pyplot, save_figure
-    from siattn.training.trainer import read_metrics
+    from siattn.training.metrics import read_metrics
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))

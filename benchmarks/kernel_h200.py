@@ -279,7 +279,7 @@ def _variants_at(t, b, res, rep_ms, forward_only=False):
 
     import siattn.backends.triton as tb
     from siattn.backends.transforms import LogitTransform
-    from siattn.recipes.bench import causal_flops
+    from siattn.benchmarking.cuda import causal_flops
 
     torch.manual_seed(t)
     q, k, v = (torch.randn(b, 6, t, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -302,11 +302,11 @@ def _variants_at(t, b, res, rep_ms, forward_only=False):
         return
     si = LogitTransform("scale-invariant")
     for enabled in (False, True):
-        tb.POLY_ENABLED = enabled
+        tb.coefficients.POLY_ENABLED = enabled  # read at every launch
         ms = _time(lambda: tb._forward(q, k, v, si, 0, True, scale, tb.DEFAULT_FWD), rep_ms)
         res["poly"].append(dict(T=t, B=b, poly=enabled, ms=ms))
         log(f"fwd T={t} SI default cfg, polynomial tiles {'on' if enabled else 'off'}: {ms:.3f} ms")
-    tb.POLY_ENABLED = True
+    tb.coefficients.POLY_ENABLED = True
     for kind in ("scale-invariant", "none"):
         tr = LogitTransform(kind)
         out, lse = tb._forward(q, k, v, tr, 0, True, scale, tb.DEFAULT_FWD)

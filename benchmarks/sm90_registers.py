@@ -53,7 +53,7 @@ def ptxas_report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> d
                      if "constexpr" in str(d.annotation) and d.default is not inspect.Parameter.empty},
                   **constexprs}
 
-    # arguments that are host-side TMA descriptors (see siattn.backends.triton._head_descriptor)
+    # arguments that are host-side TMA descriptors (see siattn.backends.triton.launch._head_descriptor)
     rows = constexprs.get("BLOCK_N") if kernel.fn.__name__ == "fwd_kernel" else constexprs.get("BLOCK_M")
     tiles = {"K", "V"} if kernel.fn.__name__ == "fwd_kernel" else {"Q", "DO"}
 
@@ -101,7 +101,7 @@ def ptxas_report(kernel, constexprs: dict, num_warps: int, num_stages: int) -> d
 
 def jobs(kernels: list[str], modes: list[str]) -> list[tuple[str, str, dict, object, dict, int, int]]:
     from siattn.backends import triton as tb
-    from siattn.backends import triton_kernels as tk
+    from siattn.backends.triton import kernels as tk
 
     out = []
     for mode in modes:

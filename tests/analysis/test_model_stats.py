@@ -155,7 +155,8 @@ def run_folders(tmp_path_factory):
     """Two checkpoints (si-p-rope, rope) of a random byte-level GPT trained at 32 tokens, whose training config
     points at a small prepared dataset."""
     from siattn.data import prepare_dataset
-    from siattn.model import GPT, resolve_config, save_run_checkpoint
+    from siattn.model import GPT
+    from siattn.training import resolve_config, save_run_checkpoint
 
     root = tmp_path_factory.mktemp("analyze-model")
     corpus = root / "corpus"

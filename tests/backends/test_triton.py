@@ -149,7 +149,7 @@ def test_scale_invariant_default_backward_matches_reference():
 
 @pytest.mark.parametrize("transform", [SI, LogitTransform("alibi")], ids=["si", "alibi"])
 def test_backward_with_dp_after_p_matches_reference(transform):
-    """``BwdConfig.dkdv_early_dp = False``: dPᵀ = V·dOᵀ issued after P (the order before session 6)."""
+    """``BwdConfig.dkdv_early_dp = False``: dPᵀ = V·dOᵀ issued after P (instead of before it, the default)."""
     base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
     _check(CPU_CASES[1], transform, bwd_config=dataclasses.replace(base, dkdv_early_dp=False))
 
@@ -379,7 +379,7 @@ def test_strided_inputs_as_a_model_passes_them(transform, layout):
 def test_gpt_gradients_on_the_triton_backend_match_the_reference_backend(method):
     """The integration the kernel tests missed: a GPT hands the backend transposed views; its parameter gradients
     through the Triton kernels must match those through the reference backend (same half-precision weights)."""
-    from siattn.model.config import GPTConfig
+    from siattn.model import GPTConfig
     from siattn.model.gpt import GPT
 
     torch.manual_seed(0)

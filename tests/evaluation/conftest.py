@@ -74,7 +74,8 @@ def dataset(tmp_path_factory):
 def train_checkpoint(folder, data, train_length: int, steps: int = 3):
     """A run folder with a tiny byte-level GPT trained ``steps`` steps at ``train_length`` on ``data``."""
     from siattn.data import SequenceLoader, TokenDataset
-    from siattn.model import GPT, build_optimizer, resolve_config, save_run_checkpoint
+    from siattn.model import GPT
+    from siattn.training import build_optimizer, resolve_config, save_run_checkpoint
 
     cfg = resolve_config("cpu-tiny", seq_len=train_length, batch_size=2, steps=steps, n_layer=1, n_embd=32,
                          head_dim=16, data=str(data), eval_tokens=1 << 13)

@@ -103,7 +103,7 @@ def test_run_ids_name_seed_backend_and_overrides():
 
 
 def test_every_study_is_valid_and_its_run_ids_are_unique():
-    from siattn.model import resolve_config
+    from siattn.training import resolve_config
 
     for study in grid.STUDIES.values():
         ids = [r.run_id for r in study.runs]
@@ -124,7 +124,7 @@ def test_extensions_only_run_on_the_checkpoints_they_extend():
 
 
 def test_the_gpu_grid_stays_under_one_pass_of_its_data():
-    from siattn.model import resolve_config
+    from siattn.training import resolve_config
 
     config = resolve_config("gpu-small")
     python_all_bytes = 300_750_195  # training bytes of python-all here (results/data-prepare), the smaller corpus

@@ -157,7 +157,7 @@ def test_evaluation_examples_are_the_same_for_the_same_seed(haystack, tokenizer,
 
 def test_finetuning_follows_warmup_constant_decay_and_changes_the_model(haystack, tokenizer, monkeypatch,
                                                                          make_gpt):
-    from siattn.model import OptimizerSet, resolve_config
+    from siattn.training import OptimizerSet, resolve_config
 
     seen = []
     original = OptimizerSet.set_lr_multiplier

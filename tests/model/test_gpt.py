@@ -8,17 +8,9 @@ import pytest
 import torch
 
 from siattn import METHODS
-from siattn.model import (
-    GPT,
-    PRESETS,
-    GPTConfig,
-    build_optimizer,
-    count_parameters,
-    pad_vocab,
-    resolve_config,
-    scaled_p_rope_base,
-)
-from siattn.positional import logn_init
+from siattn.model import GPT, GPTConfig, count_parameters, pad_vocab
+from siattn.positional import logn_init, scaled_p_rope_base
+from siattn.training import PRESETS, build_optimizer, resolve_config
 
 # tiny shapes that keep a preset's optimiser settings, schedule and method but run in milliseconds
 TINY = dict(n_layer=1, n_embd=64, n_head=2, head_dim=32, seq_len=32, vocab_size=300)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from siattn.model import GPT, GPTConfig, build_optimizer, load_checkpoint, resolve_config, save_checkpoint
+from siattn.model import GPT, GPTConfig
+from siattn.training import build_optimizer, load_checkpoint, resolve_config, save_checkpoint
 
 pytestmark = pytest.mark.gpu
 METHODS = ["si-p-rope", "logn-p-rope", "alibi", "rope-ntk", "rope"]

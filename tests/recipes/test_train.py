@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from siattn.cli import main
-from siattn.model import load_checkpoint
+from siattn.training import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY = ["--preset", "cpu-tiny", "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--head-dim", "16",
@@ -201,8 +201,8 @@ def test_tensorboard_mirrors_the_metrics_and_a_resume_drops_the_steps_it_redoes(
 
 
 def test_validation_scores_a_multiple_of_every_length_not_only_the_longest():
-    from siattn.model.config import resolve_config
-    from siattn.training.trainer import eval_token_count
+    from siattn.training.config import resolve_config
+    from siattn.training.validation import eval_token_count
 
     config = resolve_config("cpu-tiny", seq_len=32, eval_multipliers=(2, 3), eval_tokens=1100)
     n = eval_token_count(config, val_tokens=10_000)

@@ -26,7 +26,8 @@ from siattn.backends.chunked import chunked_attention
 from siattn.backends.flex import flex_attention
 from siattn.backends.reference import reference_attention
 from siattn.backends.sdpa import sdpa_attention, sdpa_unsupported
-from siattn.backends.transforms import NO_TRANSFORM, LogitTransform, alibi_slopes, transform_logits
+from siattn.backends.transforms import NO_TRANSFORM, LogitTransform, transform_logits
+from siattn.positional.alibi import alibi_slopes
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

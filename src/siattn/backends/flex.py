@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from siattn.backends.transforms import LogitTransform, alibi_slopes
+from siattn.backends.transforms import LogitTransform
+from siattn.positional.alibi import alibi_slopes
 
 
 @functools.cache

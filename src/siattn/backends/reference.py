@@ -1,11 +1,16 @@
 """Reference backend: materialises the (Tq, Tk) score matrix in float32 (float64 for float64 inputs).
 
-The ground truth every other backend is tested against; memory O(B·H·Tq·Tk).
+The ground truth every other backend is tested against; memory O(B·H·Tq·Tk). Its three steps are the one
+implementation of materialised attention in siattn: :func:`grouped_scores` (S = scale·q·kᵀ per group of query
+heads), :func:`attention_logits` (the logit transform and the masks) and :func:`reference_attention` (softmax and
+values). The Hugging Face bridge's masked path calls :func:`reference_attention` with a boolean ``mask``, and the
+model analysis calls the first two on the rows it studies.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from siattn.backends.transforms import LogitTransform, transform_logits
 
@@ -22,21 +27,64 @@ def distances(q_start: int, tq: int, k_start: int, tk: int, device: torch.device
     return qpos[:, None] - kpos[None, :]
 
 
-def reference_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, transform: LogitTransform, q_offset: int,
-    causal: bool, scale: float,
-) -> torch.Tensor:
-    """softmax(f(scale·q·kᵀ; t) + causal mask)·v.  q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, H, Tq, D)."""
+def grouped_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """S = scale·q·kᵀ in :func:`compute_dtype`, query heads grouped by the key head they read.
+
+    q: (B, H, Tq, D); k: (B, Hkv, Tk, D) with H = Hkv·G. Returns (B, Hkv, G, Tq, Tk).
+    """
     batch, heads, tq, dim = q.shape
-    hkv, tk = k.shape[1], k.shape[2]
+    hkv = k.shape[1]
     cd = compute_dtype(q.dtype)
     qg = q.to(cd).reshape(batch, hkv, heads // hkv, tq, dim)
     kf = k.to(cd)[:, :, None]
-    vf = v.to(cd)[:, :, None]
-    scores = torch.matmul(qg, kf.transpose(-1, -2)) * scale
-    signed = distances(q_offset, tq, 0, tk, q.device)
-    logits, _ = transform_logits(scores, signed.abs(), transform, heads)
+    return torch.matmul(qg, kf.transpose(-1, -2)) * scale
+
+
+def attention_logits(scores: torch.Tensor, signed: torch.Tensor, transform: LogitTransform, num_heads: int, *,
+                     causal: bool = True) -> torch.Tensor:
+    """L = f(S; |t|) for the scores of :func:`grouped_scores` and the signed distances ``signed`` (Tq, Tk),
+    t = query position − key position; with ``causal``, −inf where t < 0 (keys after the query)."""
+    logits, _ = transform_logits(scores, signed.abs(), transform, num_heads)
     if causal:
         logits = logits.masked_fill(signed < 0, float("-inf"))
-    out = torch.matmul(torch.softmax(logits, dim=-1), vf)
+    return logits
+
+
+def _group_mask(mask: torch.Tensor, hkv: int, groups: int) -> torch.Tensor:
+    """A boolean (B|1, 1|H, Tq, Tk) mask in the grouped layout (B|1, 1|Hkv, 1|G, Tq, Tk)."""
+    if mask.shape[1] == 1:
+        return mask[:, :, None]
+    return mask.reshape(mask.shape[0], hkv, groups, *mask.shape[-2:])
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, transform: LogitTransform, q_offset: int,
+    causal: bool, scale: float, mask: torch.Tensor | None = None, dropout: float = 0.0,
+) -> torch.Tensor:
+    """softmax(f(scale·q·kᵀ; t) + masks)·v.  q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, H, Tq, D).
+
+    Query row r sits at position q_offset + r, key column c at c, t = q_offset + r − c. ``mask``: an optional
+    boolean (B|1, 1|H, Tq, Tk), True = attend, combined with the causal mask when ``causal``; with a mask, blocked
+    logits are filled with the dtype's lowest finite value and rows that see no key give 0. ``dropout``: the
+    probability of dropping each attention weight (training only).
+    """
+    batch, heads, tq, _ = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    cd = compute_dtype(q.dtype)
+    vf = v.to(cd)[:, :, None]
+    scores = grouped_scores(q, k, scale)
+    signed = distances(q_offset, tq, 0, tk, q.device)
+    if mask is None:
+        probs = torch.softmax(attention_logits(scores, signed, transform, heads, causal=causal), dim=-1)
+    else:
+        keep = _group_mask(mask, hkv, heads // hkv)
+        if causal:
+            keep = keep & (signed >= 0)
+        logits = attention_logits(scores, signed, transform, heads, causal=False)
+        # a finite fill keeps fully masked rows NaN-free (uniform), then they are zeroed
+        logits = logits.masked_fill(~keep, torch.finfo(cd).min)
+        probs = torch.softmax(logits, dim=-1) * keep.any(-1, keepdim=True)
+    if dropout > 0:
+        probs = F.dropout(probs, p=dropout, training=True)
+    out = torch.matmul(probs, vf)
     return out.reshape(batch, heads, tq, v.shape[-1]).to(q.dtype)

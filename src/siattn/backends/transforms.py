@@ -3,19 +3,19 @@
 One definition serves every backend:
 - ``none``:            L = S
 - ``scale-invariant``: L = a_t·S + m_t  (see :mod:`siattn.schedule`)
-- ``alibi``:           L = S − slope_h·t  (standard geometric head slopes)
+- ``alibi``:           L = S − slope_h·t  (geometric head slopes: :func:`siattn.positional.alibi_slopes`)
 LogN/SSMax (L = s_h·log(n)·S) multiplies whole query rows, so it is applied to q before any backend runs
 (:func:`siattn.attention`), and the YaRN temperature lives in the rotary cos/sin.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from siattn.positional.alibi import alibi_slopes
 from siattn.schedule import DEFAULT_TAU, resolve_parameters, schedule_unchecked
 
 TransformKind = Literal["none", "scale-invariant", "alibi"]
@@ -45,24 +45,6 @@ class LogitTransform:
 
 
 NO_TRANSFORM = LogitTransform("none")
-
-
-def alibi_slopes(num_heads: int) -> torch.Tensor:
-    """ALiBi head slopes (Press et al., 2022): 2^(−8i/n) for i = 1..n when n is a power of two; otherwise the
-    slopes of the closest smaller power of two followed by every other slope of the next one. Shape (num_heads,)."""
-    if num_heads < 1:
-        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
-
-    def power_of_two(n: int) -> list[float]:
-        start = 2.0 ** (-8.0 / n)
-        return [start ** (i + 1) for i in range(n)]
-
-    if math.log2(num_heads).is_integer():
-        slopes = power_of_two(num_heads)
-    else:
-        closest = 2 ** math.floor(math.log2(num_heads))
-        slopes = power_of_two(closest) + power_of_two(2 * closest)[0::2][: num_heads - closest]
-    return torch.tensor(slopes, dtype=torch.float64)
 
 
 def transform_logits(

@@ -11,17 +11,10 @@ The command-line recipes are ``siattn eval`` (:mod:`siattn.recipes.evaluate`) an
 (:mod:`siattn.recipes.needle`).
 """
 
+from siattn.evaluation.checkpoints import Checkpoint, load_checkpoints, load_for_eval
 from siattn.evaluation.cities import CITIES
-from siattn.evaluation.common import Checkpoint, eval_lengths, load_checkpoints, load_for_eval
-from siattn.evaluation.loss_by_length import (
-    LengthLoss,
-    bin_by_position,
-    log_bin_edges,
-    loss_at_length,
-    loss_at_lengths,
-    per_token_losses,
-    scored_tokens,
-)
+from siattn.evaluation.lengths import eval_lengths
+from siattn.evaluation.loss_by_length import LengthLoss, bin_by_position, log_bin_edges, loss_at_length, loss_at_lengths
 from siattn.evaluation.needle import (
     Needle,
     NeedleScore,
@@ -38,6 +31,7 @@ from siattn.evaluation.needle import (
     score_needle_answer,
 )
 from siattn.evaluation.passkey import PasskeyTask, make_passkey_example, score_passkey
+from siattn.training.validation import per_token_losses, scored_tokens
 
 __all__ = [
     "CITIES",

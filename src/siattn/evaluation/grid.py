@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from siattn.evaluation.common import markdown_table, read_json, write_json
+from siattn.io import markdown_table, read_json, write_json
 
 RUNS = "runs"
 RUN_FILES = ("run.json", "metrics.jsonl", "eval.json", "needle.json", "passkey.json")
@@ -175,7 +175,7 @@ def get_study(name: str) -> Study:
 def train_config(study: Study, spec: RunSpec, run_dir: Path) -> Any:
     """The TrainConfig of a run: the preset, the study's and the run's overrides; validation at 1× only, at
     ``curve_evals`` evenly spaced steps (the full evaluation follows training)."""
-    from siattn.model import resolve_config
+    from siattn.training import resolve_config
 
     overrides = {**dict(study.overrides), **dict(spec.overrides)}
     config = resolve_config(study.preset, method=spec.method, seed=spec.seed, attn_backend=spec.backend,
@@ -230,7 +230,8 @@ def convergence(metrics: Sequence[dict[str, Any]], train_length: int) -> dict[st
 def loss_by_length(model: torch.nn.Module, tokens: Any, lengths: Sequence[int], n_tokens: int,
                    batch_tokens: int, progress: bool) -> dict[str, Any]:
     """Loss at every length over the same scored tokens (:func:`siattn.evaluation.loss_by_length.scored_tokens`)."""
-    from siattn.evaluation.loss_by_length import loss_at_length, scored_tokens
+    from siattn.evaluation.loss_by_length import loss_at_length
+    from siattn.training.validation import scored_tokens
 
     n = scored_tokens(n_tokens, lengths)
     out = {}
@@ -286,9 +287,10 @@ def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str 
             progress: bool = True, log: Callable[[str], Any] = print) -> Path:
     """Train, evaluate and write one run of ``study`` to ``out/runs/<run_id>/`` (see the module docstring)."""
     from siattn.data import TokenDataset
-    from siattn.evaluation.common import load_for_eval
+    from siattn.evaluation.checkpoints import load_for_eval
     from siattn.training.distributed import init_distributed
-    from siattn.training.trainer import read_metrics, train
+    from siattn.training.metrics import read_metrics
+    from siattn.training.trainer import train
 
     spec = study.spec(run_id)
     final = out / RUNS / run_id
@@ -476,7 +478,7 @@ def plot_study(study: Study, runs: dict[str, dict[str, Any]], rows: list[Row], o
     from siattn.evaluation.needle import depth_accuracy
     from siattn.evaluation.plots import plot_depth_heatmaps, plot_loss_by_length
     from siattn.plotting import pyplot, save_figure
-    from siattn.training.trainer import read_metrics
+    from siattn.training.metrics import read_metrics
 
     train_length = next(iter(runs.values()))["train_length"]
     by_length = []

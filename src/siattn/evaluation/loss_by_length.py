@@ -7,9 +7,9 @@
 
 Every length scores the same ``n_tokens`` targets on the same stretch of the validation split (the first
 ``n_tokens + 1`` tokens, cut into non-overlapping windows: :func:`siattn.data.validation_windows`), so losses
-are comparable across lengths. Memory: no gradients, one batch of windows at a time, the model's attention is
-:func:`siattn.attention` (O(T) backends for long inputs), and for large T × vocab the output head and the
-cross-entropy run over slices of the sequence (``head_chunk``) instead of materialising all the logits.
+are comparable across lengths. The measurement is the trainer's own validation
+(:func:`siattn.training.validation.position_losses`: no gradients, one batch of windows at a time, the output
+head over slices of the sequence for large T × vocab); this module adds the per-position view and the bins.
 
 Position p (1-based) is the number of tokens the prediction sees: index i of a window is position i + 1.
 Log bins (:func:`log_bin_edges`) sit at floor(10^(k / bins_per_decade)) for every length, so the bins of
@@ -24,16 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from siattn.evaluation.common import autocast
+from siattn.training.validation import position_losses, scored_tokens
 
-# above this many logits (T × padded vocab per forward) the head runs over slices of the sequence
-HEAD_CHUNK_THRESHOLD = 1 << 26
-DEFAULT_HEAD_CHUNK = 8192
 DEFAULT_BINS_PER_DECADE = 10
 
 
@@ -66,38 +60,6 @@ def bin_by_position(loss_sum: np.ndarray, count: np.ndarray | int,
             "count": cnts.astype(np.int64).tolist(), "loss": (sums / np.maximum(cnts, 1)).tolist()}
 
 
-@torch.no_grad()
-def per_token_losses(model: nn.Module, idx: torch.Tensor, targets: torch.Tensor, *,
-                     context_length: int | None = None, head_chunk: int | None = None) -> torch.Tensor:
-    """Cross-entropy (B, T) float32 of ``model`` on ``idx`` -> ``targets`` (0 where the target is -1).
-
-    ``head_chunk``: tokens per slice of the output head (None: slice only when B·T·vocab is large, 0: never).
-    Slicing runs the model with its head swapped for the identity (so its forward returns the normalised final
-    hidden states) and applies the head slice by slice: the same numbers without the (B, T, vocab) logits.
-    """
-    B, T = idx.shape
-    head = getattr(model, "lm_head", None)
-    if head_chunk is None:
-        vocab = head.out_features if isinstance(head, nn.Linear) else 0
-        head_chunk = DEFAULT_HEAD_CHUNK if B * T * vocab > HEAD_CHUNK_THRESHOLD else 0
-    if not head_chunk or not isinstance(head, nn.Linear) or head_chunk >= B * T:
-        _, losses = model(idx, targets, context_length=context_length, return_per_token_loss=True)
-        return losses.float()
-    model.lm_head = nn.Identity()
-    try:
-        hidden, _ = model(idx, None, context_length=context_length)  # (B, T, C): norm(x), as float32
-    finally:
-        model.lm_head = head
-    hidden = hidden.reshape(B * T, -1)
-    flat_targets = targets.reshape(B * T)
-    out = torch.empty(B * T, dtype=torch.float32, device=idx.device)
-    for lo in range(0, B * T, head_chunk):
-        logits = head(hidden[lo:lo + head_chunk].to(head.weight.dtype)).float()
-        out[lo:lo + head_chunk] = F.cross_entropy(logits, flat_targets[lo:lo + head_chunk], ignore_index=-1,
-                                                  reduction="none")
-    return out.view(B, T)
-
-
 @dataclass
 class LengthLoss:
     """Validation loss at one context length."""
@@ -125,17 +87,6 @@ class LengthLoss:
                 "tokens": self.tokens, "windows": self.windows, "positions": self.binned(bins_per_decade)}
 
 
-def scored_tokens(n_tokens: int, lengths: Sequence[int]) -> int:
-    """The largest count <= ``n_tokens`` that every length divides (each length scores exactly that many)."""
-    step = math.lcm(*(int(n) for n in lengths))
-    n = (int(n_tokens) // step) * step
-    if n == 0:
-        raise ValueError(f"--tokens {n_tokens} is less than one window of every length (lcm {step}); use at "
-                         f"least {step}")
-    return n
-
-
-@torch.no_grad()
 def loss_at_length(model: nn.Module, tokens: Any, length: int, n_tokens: int, *, batch_size: int = 1,
                    dtype: str = "auto", head_chunk: int | None = None, progress: bool = True,
                    desc: str | None = None, shard: tuple[int, int] = (0, 1)) -> LengthLoss:
@@ -143,39 +94,13 @@ def loss_at_length(model: nn.Module, tokens: Any, length: int, n_tokens: int, *,
     non-overlapping windows of ``length``, ``batch_size`` windows per forward. ``n_tokens`` must be a multiple
     of ``length``. ``dtype``: ``auto`` (bfloat16 autocast on CUDA), ``float32`` or ``bfloat16``.
     ``shard = (rank, world_size)``: score only batches rank, rank + world_size, ... (the counts in the result
-    are this shard's; summing ``loss_sum`` and ``tokens`` over the ranks gives the whole)."""
-    from siattn.data import validation_windows
-
-    rank, world_size = shard
-    if not 0 <= rank < world_size:
-        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    n_windows = 0
-    pos_sum = torch.zeros(length, dtype=torch.float64, device=device)
-    bar = tqdm(total=n_tokens // length, desc=desc or f"loss@{length}", unit="win", disable=not progress,
-               leave=False)
-    try:
-        for i, w in enumerate(validation_windows(tokens, length, n_tokens, batch_size=batch_size)):
-            if i % world_size != rank:
-                continue
-            n_windows += w.shape[0]
-            w = w.to(device)
-            with autocast(device, dtype):
-                losses = per_token_losses(model, w[:, :-1], w[:, 1:], context_length=length,
-                                          head_chunk=head_chunk)
-            pos_sum += losses.double().sum(0)
-            bar.update(w.shape[0])
-    finally:
-        bar.close()
-        model.train(was_training)
-    position_loss_sum = pos_sum.cpu().numpy()
-    total = float(position_loss_sum.sum())
-    if not math.isfinite(total):
-        raise FloatingPointError(f"non-finite validation loss at length {length}")
-    return LengthLoss(length=length, tokens=n_windows * length, windows=n_windows, loss_sum=total,
-                      position_loss_sum=position_loss_sum)
+    are this shard's; summing ``loss_sum`` and ``tokens`` over the ranks gives the whole). The numbers are
+    :func:`siattn.training.validation.position_losses`'."""
+    position_loss_sum, n_windows = position_losses(model, tokens, length, n_tokens, batch_size=batch_size,
+                                                   dtype=dtype, head_chunk=head_chunk, progress=progress,
+                                                   desc=desc, shard=shard)
+    return LengthLoss(length=length, tokens=n_windows * length, windows=n_windows,
+                      loss_sum=float(position_loss_sum.sum()), position_loss_sum=position_loss_sum)
 
 
 def loss_at_lengths(model: nn.Module, tokens: Any, lengths: Sequence[int], n_tokens: int, *,

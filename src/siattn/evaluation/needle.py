@@ -27,7 +27,7 @@ import copy
 import functools
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from siattn.evaluation.cities import CITIES
-from siattn.evaluation.common import amp_dtype, autocast
+from siattn.precision import amp_dtype, autocast
 
 NEEDLE_TEMPLATE = "The special magic {city} number is {number}.\n"
 QUESTION = ("\nQuestion: what are the special magic numbers of the cities above, in the order they appear?\n"
@@ -256,13 +256,14 @@ def finetune(model: nn.Module, task: RetrievalTask, *, length: int, train_config
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train ``model`` in place on ``task`` examples of ``length`` tokens, loss on the answer tokens only.
 
-    The optimisers are the model's own (:func:`siattn.model.build_optimizer` with ``train_config``'s
-    learning rates × ``lr_scale``); the lr rises linearly over ``warmup`` steps, stays for ``constant`` and
-    falls linearly to 0 over ``decay`` (:func:`siattn.model.lr_multiplier`). Each step takes ``batch_size``
-    fresh examples drawn from ``numpy.random.default_rng([seed, 1, step])``, ``micro_batch_size`` per forward.
-    Returns the settings and the loss of every step.
+    Each step is :func:`siattn.training.optimizer_step`, as in the trainer. The optimisers are the model's own
+    (:func:`siattn.training.build_optimizer` with ``train_config``'s learning rates × ``lr_scale``); the lr
+    rises linearly over ``warmup`` steps, stays for ``constant`` and falls linearly to 0 over ``decay``
+    (:func:`siattn.training.lr_multiplier`). Each step takes ``batch_size`` fresh examples drawn from
+    ``numpy.random.default_rng([seed, 1, step])``, ``micro_batch_size`` per forward. Returns the settings and
+    the loss of every step.
     """
-    from siattn.model import build_optimizer, lr_multiplier
+    from siattn.training import build_optimizer, lr_multiplier, optimizer_step
 
     total = warmup + constant + decay
     if min(warmup, constant, decay) < 0:
@@ -273,6 +274,15 @@ def finetune(model: nn.Module, task: RetrievalTask, *, length: int, train_config
     micro = min(micro_batch_size or batch_size, batch_size)
     opt = build_optimizer(model, train_config)
     clip = getattr(train_config, "grad_clip", None)
+
+    def micro_losses(x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Each micro-batch's answer loss, normalised by the answer tokens of the whole step."""
+        n_answer = int((y != -1).sum())
+        for lo in range(0, batch_size, micro):
+            with autocast(device, dtype):
+                _, tok_losses = model(x[lo:lo + micro], y[lo:lo + micro], return_per_token_loss=True)
+            yield tok_losses.float().sum() / n_answer
+
     model.train()
     losses: list[float] = []
     bar = tqdm(range(total), desc=f"finetune {task.name}@{length}", unit="step", disable=not progress)
@@ -280,23 +290,14 @@ def finetune(model: nn.Module, task: RetrievalTask, *, length: int, train_config
         for step in bar:
             mult = lr_multiplier(step, total, schedule="constant-cooldown", cooldown_frac=decay / total,
                                  warmup_steps=warmup)
-            opt.set_lr_multiplier(mult * lr_scale)
             rng = np.random.default_rng([seed, 1, step])
             pairs = [task.example(length, rng).training_pair() for _ in range(batch_size)]
             x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
             y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
-            n_answer = int((y != -1).sum())
-            opt.zero_grad(set_to_none=True)
             loss_sum = 0.0
-            for lo in range(0, batch_size, micro):
-                with autocast(device, dtype):
-                    _, tok_losses = model(x[lo:lo + micro], y[lo:lo + micro], return_per_token_loss=True)
-                loss = tok_losses.float().sum() / n_answer
-                loss.backward()
-                loss_sum += float(loss.detach())
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
+            for loss in optimizer_step(opt, model.parameters(), micro_losses(x, y), lr_multiplier=mult * lr_scale,
+                                       grad_clip=clip):
+                loss_sum += float(loss)
             losses.append(loss_sum)
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{mult * lr_scale:.2f}")
             if log is not None and (step % 50 == 0 or step == total - 1):
@@ -331,7 +332,7 @@ def example_rng(seed: int, length: int, trial: int) -> np.random.Generator:
 def answer_loss(model: nn.Module, example: RetrievalExample) -> float:
     """Teacher-forced mean cross-entropy (nats/token) of the answer tokens given the prompt: a graded
     measure of retrieval that still moves where exact-match accuracy is 0 or 1."""
-    from siattn.evaluation.loss_by_length import per_token_losses
+    from siattn.training.validation import per_token_losses
 
     device = next(model.parameters()).device
     x, y = (torch.as_tensor(a, device=device)[None] for a in example.training_pair())

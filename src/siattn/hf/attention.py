@@ -6,11 +6,11 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers.masking_utils import AttentionMaskInterface
 
 from siattn.backends import run_backend
-from siattn.backends.transforms import LogitTransform, transform_logits
+from siattn.backends.reference import reference_attention
+from siattn.backends.transforms import LogitTransform
 from siattn.hf.rope import NO_ROPE_TYPE, P_ROPE_TYPE, current_rope_type
 from siattn.methods import Method, get_method
 
@@ -119,26 +119,10 @@ def left_padded_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
 def masked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor,
                      transform: LogitTransform, q_offset: int, scale: float, dropout: float) -> torch.Tensor:
     """softmax(f(scale·q·kᵀ; t) masked by ``allowed``)·v with t = |q_offset + r − c|; rows with no key give 0.
-    query (B, H, q, D); key, value (B, Hkv, kv, D); allowed (B|1, 1|H, q, kv). Returns (B, H, q, Dv)."""
-    batch, heads, tq, dim = query.shape
-    hkv, tk = key.shape[1], key.shape[2]
-    cd = torch.float64 if query.dtype == torch.float64 else torch.float32
-    qg = query.to(cd).reshape(batch, hkv, heads // hkv, tq, dim)
-    scores = torch.matmul(qg, key.to(cd)[:, :, None].transpose(-1, -2)) * scale
-    signed = torch.arange(q_offset, q_offset + tq, device=query.device)[:, None] - torch.arange(tk,
-                                                                                               device=query.device)
-    logits, _ = transform_logits(scores, signed.abs(), transform, heads)
-    if allowed.shape[1] == 1:
-        keep = allowed[:, :, None]  # (B|1, 1, 1, q, kv)
-    else:
-        keep = allowed.reshape(allowed.shape[0], hkv, heads // hkv, tq, tk)
-    # a finite fill keeps fully masked rows NaN-free (uniform), then they are zeroed
-    logits = logits.masked_fill(~keep, torch.finfo(cd).min)
-    probs = torch.softmax(logits, dim=-1) * keep.any(-1, keepdim=True)
-    if dropout > 0:
-        probs = F.dropout(probs, p=dropout, training=True)
-    out = torch.matmul(probs, value.to(cd)[:, :, None])
-    return out.reshape(batch, heads, tq, value.shape[-1]).to(query.dtype)
+    query (B, H, q, D); key, value (B, Hkv, kv, D); allowed (B|1, 1|H, q, kv). Returns (B, H, q, Dv).
+    The reference backend's materialised attention with ``allowed`` as its only mask."""
+    return reference_attention(query, key, value, transform=transform, q_offset=q_offset, causal=False,
+                               scale=scale, mask=allowed, dropout=dropout)
 
 
 # ----------------------------------------------------------------------------------------- attention function

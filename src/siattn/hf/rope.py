@@ -12,12 +12,10 @@ from typing import Any
 import torch
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from siattn.positional.rope import p_rope_inv_freq
+from siattn.positional.rope import p_rope_inv_freq, scaled_p_rope_base
 
 P_ROPE_TYPE = "p_rope"
 NO_ROPE_TYPE = "no_rope"
-PAPER_P_ROPE_BASE = 1024.0  # the paper's base at 4096-token training
-PAPER_TRAIN_LENGTH = 4096
 
 
 def rope_params(config: Any) -> dict | None:
@@ -114,4 +112,4 @@ def default_p_rope_base(config: Any) -> float:
     """The paper's base 1024 at 4096-token training, scaled with the model's training length:
     1024 · L_train / 4096 (L_train: ``original_max_position_embeddings`` when the config has one, else
     ``max_position_embeddings``). It keeps the longest p-RoPE wavelength (2π·base) about 1.6 × L_train."""
-    return PAPER_P_ROPE_BASE * _train_length(config) / PAPER_TRAIN_LENGTH
+    return scaled_p_rope_base(_train_length(config))

@@ -1,54 +1,12 @@
-"""The GPT of the paper (modded-nanogpt style) with any attention method, its optimisers, schedules, presets
-and checkpoints.
+"""The GPT network of the paper (modded-nanogpt style) with any attention method, and nothing else: its
+configuration, optimisers, schedules, presets and checkpoints live in :mod:`siattn.training`.
 
-    from siattn.model import GPT, GPTConfig, resolve_config, load_checkpoint
-    model = GPT(resolve_config("cpu-tiny", method="si-p-rope").model)
+    from siattn.model import GPT, GPTConfig
+    model = GPT(GPTConfig(vocab_size=257, n_layer=4, n_head=2, n_embd=128, head_dim=64, method="si-p-rope"))
     logits, loss = model(idx, targets)                     # nats/token
-    model, config, extra = load_checkpoint("runs/cpu-tiny-si-p-rope", device="cpu")
 """
 
-from siattn.model.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_training_state,
-    read_checkpoint_state,
-    resolve_checkpoint,
-    save_checkpoint,
-    save_run_checkpoint,
-)
-from siattn.model.config import (
-    PRESETS,
-    GPTConfig,
-    TrainConfig,
-    describe_presets,
-    pad_vocab,
-    resolve_config,
-    scaled_p_rope_base,
-)
+from siattn.model.config import GPTConfig, pad_vocab
 from siattn.model.gpt import GPT, KVCache, count_parameters
-from siattn.model.optim import OptimizerSet, build_optimizer, parameter_groups
-from siattn.model.schedules import lr_multiplier
 
-__all__ = [
-    "GPT",
-    "PRESETS",
-    "CheckpointError",
-    "GPTConfig",
-    "KVCache",
-    "OptimizerSet",
-    "TrainConfig",
-    "build_optimizer",
-    "count_parameters",
-    "describe_presets",
-    "load_checkpoint",
-    "load_training_state",
-    "lr_multiplier",
-    "pad_vocab",
-    "parameter_groups",
-    "read_checkpoint_state",
-    "resolve_checkpoint",
-    "resolve_config",
-    "save_checkpoint",
-    "save_run_checkpoint",
-    "scaled_p_rope_base",
-]
+__all__ = ["GPT", "GPTConfig", "KVCache", "count_parameters", "pad_vocab"]

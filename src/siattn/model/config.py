@@ -1,37 +1,17 @@
-"""Model and training configuration: two dataclasses and the named presets.
+"""The network's configuration: :class:`GPTConfig` says what the model is.
 
-``GPTConfig`` says what the network is (it is saved with every checkpoint and is all that
-:func:`siattn.model.load_checkpoint` needs to rebuild the model); ``TrainConfig`` says how a run trains it
-(data, batch, steps, optimiser, schedule, evaluation, checkpoints). A preset is a ``TrainConfig``;
-:func:`resolve_config` applies overrides and keeps the derived fields consistent (the model's training length
-follows ``seq_len``, and so does the p-RoPE base: base = 1024 · L_train / 4096, see DESIGN.md).
-
-| preset | layers | width | heads × dim | vocab | seq | batch (seqs) | steps | params |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- |
-| cpu-tiny | 4 | 128 | 2 × 64 | bytes (320) | 512 | 8 | 400 | 0.87M |
-| gpu-small | 8 | 512 | 4 × 128 | bytes (320) | 2048 | 64 | 600 | 25.5M |
-| paper-162m | 12 | 768 | 6 × 128 | 50,304 | 4096 | 128 | 4578 | 162.2M |
-| paper-304m | 16 | 1024 | 8 × 128 | 50,304 | 4096 | 224 | 10,900 | 304.3M |
+It is saved with every checkpoint and is all that :func:`siattn.training.load_checkpoint` needs to rebuild the
+model. How a run trains it (data, batch, optimiser, schedule) is :class:`siattn.training.TrainConfig`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from siattn.methods import get_method
-from siattn.precision import DTYPES
-
-PAPER_P_ROPE_BASE = 1024.0
-PAPER_TRAIN_LENGTH = 4096
-SCHEDULES = ("constant-cooldown", "cosine", "constant")
-
-
-def scaled_p_rope_base(train_length: int) -> float:
-    """The p-RoPE base for a training length: the paper's 1024 at 4096, scaled linearly (DESIGN.md)."""
-    return PAPER_P_ROPE_BASE * train_length / PAPER_TRAIN_LENGTH
 
 
 def pad_vocab(vocab_size: int, multiple: int = 64) -> int:
@@ -39,7 +19,7 @@ def pad_vocab(vocab_size: int, multiple: int = 64) -> int:
     return multiple * math.ceil(vocab_size / multiple)
 
 
-def _check_fields(cls: type, d: dict[str, Any]) -> type:
+def check_fields(cls: type, d: dict[str, Any]) -> type:
     """``cls`` after checking that ``d`` names only its fields (a saved config from a newer siattn does not)."""
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
@@ -88,184 +68,4 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        return _check_fields(cls, d)(**d)
-
-
-@dataclass
-class TrainConfig:
-    """A training run. ``batch_size`` is global (sequences per optimiser step, over all ranks and micro-steps);
-    each forward sees ``micro_batch_size`` sequences, and gradient accumulation makes up the rest."""
-
-    name: str = "custom"
-    model: GPTConfig = field(default_factory=GPTConfig)
-    # data: a prepared dataset folder; when it does not exist it is prepared from (data_source, tokenizer)
-    data: str = "data_cache/stdlib-bytes"
-    data_source: str | None = "stdlib"
-    tokenizer: str = "bytes"
-    seq_len: int = 4096
-    batch_size: int = 128
-    micro_batch_size: int | None = None  # None: batch_size / world_size (no accumulation)
-    steps: int = 4578
-    # optimiser (the paper's defaults; see siattn.model.optim)
-    lr_muon: float = 0.02
-    muon_momentum: float = 0.95
-    muon_adjust_lr: str = "original"  # torch.optim.Muon: scale by sqrt(max(1, rows/cols)) (Keller Jordan's)
-    lr_embed: float = 0.3
-    lr_head: float = 0.002
-    lr_scalar: float = 0.002  # LogN scales
-    adam_betas: tuple[float, float] = (0.9, 0.95)
-    adam_eps: float = 1e-10
-    weight_decay: float = 0.0
-    grad_clip: float | None = None
-    # schedule: lr multiplier over steps (siattn.model.schedules)
-    schedule: str = "constant-cooldown"
-    cooldown_frac: float = 1308 / 4578
-    warmup_steps: int = 0
-    # evaluation on fixed validation windows: the same number of scored tokens at every length
-    eval_every: int = 250
-    eval_tokens: int = 1 << 20
-    eval_multipliers: tuple[int, ...] = (1, 4, 16)
-    eval_batch_tokens: int = 1 << 16
-    # bookkeeping
-    log_every: int = 10
-    ckpt_every: int = 1000
-    keep_checkpoints: int = 2
-    seed: int = 0
-    dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU
-    compile: bool = False
-    tensorboard: bool = False  # also write the metrics as TensorBoard events in RUN/tensorboard
-    out: str | None = None  # run folder; None: runs/{name}-{method}
-
-    def __post_init__(self) -> None:
-        if isinstance(self.model, dict):
-            self.model = GPTConfig.from_dict(self.model)
-        self.adam_betas = tuple(self.adam_betas)
-        self.eval_multipliers = tuple(int(m) for m in self.eval_multipliers)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.seq_len < 1 or self.batch_size < 1 or self.steps < 1:
-            raise ValueError("seq_len, batch_size and steps must be >= 1")
-        if not 0.0 <= self.cooldown_frac <= 1.0:
-            raise ValueError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
-
-    @property
-    def run_dir(self) -> str:
-        return self.out or f"runs/{self.name}-{self.model.method}"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        d["eval_multipliers"] = list(self.eval_multipliers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return _check_fields(cls, d)(**d)
-
-
-def _model(**kw: Any) -> GPTConfig:
-    train_length = kw["train_length"]
-    kw.setdefault("p_rope_base", scaled_p_rope_base(train_length))
-    return GPTConfig(**kw)
-
-
-PRESETS: dict[str, TrainConfig] = {
-    # ~3 minutes on 2 idle CPU cores (results/train-cpu-tiny.md): 400 steps × 8 × 512 bytes = 1.6M bytes, 0.14
-    # of one pass over the 11.6 MB stdlib training split. The short run wants larger steps than the paper's
-    # 4578: Muon 0.05 (Muon's relative update size does not depend on the width), head and LogN-scale Adam 0.008
-    # (modded-nanogpt's head lr), and a longer cool-down (40% of the steps).
-    "cpu-tiny": TrainConfig(
-        name="cpu-tiny",
-        model=_model(vocab_size=257, n_layer=4, n_head=2, n_embd=128, head_dim=64, train_length=512),
-        data="data_cache/stdlib-bytes", data_source="stdlib", tokenizer="bytes",
-        seq_len=512, batch_size=8, steps=400,
-        lr_muon=0.05, lr_embed=0.3, lr_head=0.008, lr_scalar=0.008, cooldown_frac=0.4,
-        eval_every=100, eval_tokens=1 << 16, eval_multipliers=(1, 4), eval_batch_tokens=1 << 14,
-        log_every=10, ckpt_every=200,
-    ),
-    # One run of the comparison grid (train, evaluate, needle, passkey) fits a 10-minute GPU lease: 25.5M
-    # parameters on the bytes of every Python source file of the installation (python-all: 300.7M training bytes
-    # with CPython 3.11's installation here, 378.7M on the GPU machines' 3.12), 600 steps × 64 × 2048 = 78.6M
-    # tokens, about a quarter of one pass. Measured: ~550k tokens/s on one H100 with si-p-rope on the fused
-    # kernel (results/gpu-small). Validation at 1×, 4×, 16× (2k, 8k, 32k).
-    "gpu-small": TrainConfig(
-        name="gpu-small",
-        model=_model(vocab_size=257, n_layer=8, n_head=4, n_embd=512, head_dim=128, train_length=2048),
-        data="data_cache/python-all-bytes", data_source="python-all", tokenizer="bytes",
-        seq_len=2048, batch_size=64, micro_batch_size=32, steps=600,
-        eval_every=120, eval_tokens=1 << 20, eval_multipliers=(1, 4, 16), eval_batch_tokens=1 << 17,
-        log_every=10, ckpt_every=300,
-    ),
-    # The paper's 162M model: 2.4B tokens (4578 steps × 128 × 4096), constant lr 3270 steps then linear
-    # cool-down over 1308. FineWeb with GPT-2 tokens: modded-nanogpt .bin shards (fineweb_train_*.bin,
-    # fineweb_val_*.bin) read in place from data/fineweb10B, or --data another prepared dataset.
-    "paper-162m": TrainConfig(
-        name="paper-162m",
-        model=_model(vocab_size=50_257, n_layer=12, n_head=6, n_embd=768, head_dim=128, train_length=4096),
-        data="data/fineweb10B", data_source=None, tokenizer="ids:50257:50256",
-        seq_len=4096, batch_size=128, micro_batch_size=16, steps=4578,
-        eval_every=500, eval_tokens=10_000_000, eval_multipliers=(1, 4, 16), eval_batch_tokens=1 << 18,
-        ckpt_every=500,
-    ),
-    # The paper's 304M model: 10B tokens over 10.9k steps, cosine to 0, Muon lr × 768/1024.
-    "paper-304m": TrainConfig(
-        name="paper-304m",
-        model=_model(vocab_size=50_257, n_layer=16, n_head=8, n_embd=1024, head_dim=128, train_length=4096),
-        data="data/fineweb10B", data_source=None, tokenizer="ids:50257:50256",
-        seq_len=4096, batch_size=224, micro_batch_size=16, steps=10_900,
-        lr_muon=0.02 * 768 / 1024, schedule="cosine",
-        eval_every=1000, eval_tokens=10_000_000, eval_multipliers=(1, 4, 16), eval_batch_tokens=1 << 18,
-        ckpt_every=500,
-    ),
-}
-
-MODEL_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)}
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
-
-
-def resolve_config(preset: str | TrainConfig = "cpu-tiny", **overrides: Any) -> TrainConfig:
-    """A preset (by name) with ``overrides`` applied; None values are ignored.
-
-    Overrides may name TrainConfig or GPTConfig fields (``method=``, ``n_layer=``, ``seq_len=``...). Changing
-    ``seq_len`` moves the model's ``train_length`` with it, and the p-RoPE base to 1024·L/4096, unless those are
-    given too.
-    """
-    if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-        preset = PRESETS[preset]
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(overrides) - MODEL_FIELDS - TRAIN_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown config fields {unknown}")
-    model_kw = {k: v for k, v in overrides.items() if k in MODEL_FIELDS}
-    train_kw = {k: v for k, v in overrides.items() if k in TRAIN_FIELDS}
-    seq_len = train_kw.get("seq_len", preset.seq_len)
-    if seq_len != preset.model.train_length:
-        model_kw.setdefault("train_length", seq_len)
-    if "train_length" in model_kw:
-        model_kw.setdefault("p_rope_base", scaled_p_rope_base(model_kw["train_length"]))
-    if "n_head" in model_kw and "n_kv_head" not in model_kw:
-        model_kw["n_kv_head"] = None
-    model = dataclasses.replace(preset.model, **model_kw)
-    return dataclasses.replace(preset, model=model, **train_kw)
-
-
-def describe_presets() -> list[dict[str, Any]]:
-    """One row per preset: parameters (counted without allocating), shapes, tokens."""
-    from siattn.model.gpt import count_parameters
-
-    rows = []
-    for name, cfg in PRESETS.items():
-        m = cfg.model
-        rows.append({"preset": name, "params": count_parameters(m), "n_layer": m.n_layer, "n_embd": m.n_embd,
-                     "n_head": m.n_head, "head_dim": m.head_dim, "vocab": m.padded_vocab_size,
-                     "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "steps": cfg.steps,
-                     "tokens": cfg.steps * cfg.tokens_per_step, "p_rope_base": m.p_rope_base})
-    return rows
+        return check_fields(cls, d)(**d)

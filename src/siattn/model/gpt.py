@@ -90,15 +90,26 @@ class CausalSelfAttention(nn.Module):
         self.logn_scale = (nn.Parameter(torch.full((config.n_head,), logn_init(config.train_length)))
                            if self.method.uses_logn else None)
 
+    def queries_keys(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
+                     rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (B, H, R, D) of the query rows ``rows`` (default: all T, R = T) and k (B, Hkv, T, D) of the input
+        x (B, T, C): projections, QK-norm (RMSNorm without gain over each head), then the rotary (cos, sin)."""
+        B, T, _ = x.shape
+        xq = x if rows is None else x[:, rows]
+        q = self.c_q(xq).view(B, xq.shape[1], self.n_head, self.head_dim).transpose(1, 2)  # (B, H, R, D)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k = norm(q), norm(k)  # QK-norm
+        if rotary is not None:
+            cos, sin = rotary
+            q_cos, q_sin = (cos, sin) if rows is None else (cos[rows], sin[rows])
+            q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, cos, sin)
+        return q, k
+
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k = self.queries_keys(x, rotary)  # (B, H, T, D), (B, Hkv, T, D)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        q, k = norm(q), norm(k)  # QK-norm
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         q, k = q.to(v.dtype), k.to(v.dtype)  # under autocast the norm may have returned float32
         q_offset = 0
         if cache is not None:  # keys and values of earlier positions; this chunk's queries start after them

@@ -1,6 +1,6 @@
 """Positional encodings: rotary variants (RoPE, p-RoPE, dynamic NTK, YaRN), ALiBi slopes, LogN query scaling."""
 
-from siattn.backends.transforms import alibi_slopes
+from siattn.positional.alibi import alibi_slopes
 from siattn.positional.logn import logn_init, logn_query_scale
 from siattn.positional.rope import (
     ROTARY_KINDS,
@@ -10,6 +10,7 @@ from siattn.positional.rope import (
     p_rope_inv_freq,
     rope_inv_freq,
     rotate_half,
+    scaled_p_rope_base,
     yarn_inv_freq,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "p_rope_inv_freq",
     "rope_inv_freq",
     "rotate_half",
+    "scaled_p_rope_base",
     "yarn_inv_freq",
 ]

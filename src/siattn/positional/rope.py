@@ -20,6 +20,8 @@ import torch
 
 RotaryKind = Literal["rope", "p-rope", "ntk", "yarn"]
 ROTARY_KINDS: tuple[str, ...] = ("rope", "p-rope", "ntk", "yarn")
+PAPER_P_ROPE_BASE = 1024.0  # the paper's p-RoPE base ...
+PAPER_TRAIN_LENGTH = 4096  # ... at this training length
 
 
 def _check_head_dim(head_dim: int) -> None:
@@ -49,6 +51,14 @@ def p_rope_inv_freq(head_dim: int, base: float = 1024.0, fraction: float = 0.5) 
     inv = torch.zeros(pairs, dtype=torch.float64)
     inv[:rotating] = base ** (-k / (rotating - 1))
     return inv.float()
+
+
+def scaled_p_rope_base(train_length: int) -> float:
+    """The p-RoPE base for a training length: the paper's 1024 at 4096, scaled linearly, base = 1024 · L / 4096.
+
+    It keeps the longest rotary wavelength, 2π·base, about 1.6 × the training length (ARCHITECTURE.md gives the
+    reasoning and the measurement behind the rule)."""
+    return PAPER_P_ROPE_BASE * train_length / PAPER_TRAIN_LENGTH
 
 
 def ntk_theta(theta: float, head_dim: int, train_length: int, context_length: int, factor: float = 1.0) -> float:

@@ -130,10 +130,10 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 def _model_main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from siattn.analysis import model_stats
+    from siattn.analysis import model_report, model_stats
     from siattn.data import DataError, validation_windows
-    from siattn.evaluation.common import load_checkpoints, open_validation_data, resolve_device
-    from siattn.model import CheckpointError
+    from siattn.evaluation.checkpoints import load_checkpoints, open_validation_data, resolve_device
+    from siattn.training import CheckpointError
 
     out: Path = args.out
     everything: list[dict] = []
@@ -163,21 +163,21 @@ def _model_main(args: argparse.Namespace) -> int:
             results["data"] = str(ds.path)
             folder = out / ckpt.label
             title = f"{ckpt.label} (step {ckpt.step}), T = {cfg.length}"
-            results["figures"] = [p.name for p in model_stats.plot_figures(results, folder, title)]
+            results["figures"] = [p.name for p in model_report.plot_figures(results, folder, title)]
             (folder / "model.json").write_text(json.dumps(_finite(results), indent=1) + "\n")
-            (folder / "model.md").write_text(model_stats.to_markdown(results, title))
+            (folder / "model.md").write_text(model_report.to_markdown(results, title))
             everything.append(results)
     except (CheckpointError, DataError, ValueError) as err:
         print(f"siattn analyze model: {err}")
         return 2
-    figures = model_stats.plot_comparison(everything, out) if len(everything) > 1 else []
+    figures = model_report.plot_comparison(everything, out) if len(everything) > 1 else []
     summary = {"checkpoints": [r["checkpoint"] | {"details": f"{r['checkpoint']['label']}/model.json",
                                                   "data": r["data"], "length": r["config"]["length"],
                                                   "sampled_n": r["sampled_n"], "mean": r["mean"]}
                                for r in everything],
                "runtime_s": time.perf_counter() - start, "figures": [p.name for p in figures]}
     (out / "model.json").write_text(json.dumps(_finite(summary), indent=1) + "\n")
-    md = model_stats.summary_markdown(everything)
+    md = model_report.summary_markdown(everything)
     md += "\nPer checkpoint: " + ", ".join(f"`{r['checkpoint']['label']}/model.md`" for r in everything)
     md += (". Comparison figures: " + ", ".join(f"`{p.name}`" for p in figures) + ".\n") if figures else ".\n"
     (out / "model.md").write_text(md)

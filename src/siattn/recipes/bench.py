@@ -1,4 +1,4 @@
-"""``siattn bench``: attention kernel benchmarks.
+"""``siattn bench``: attention kernel benchmarks (the measuring code is :mod:`siattn.benchmarking`).
 
     siattn bench attention --device cuda --out results/kernel-h200.json    # Triton vs SDPA flash vs FlexAttention
     siattn bench attention --device cpu --out bench-cpu.json --md bench-cpu.md   # reference vs chunked vs flex
@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import platform
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from siattn.benchmarking.cpu import reference_bytes, run_case_subprocess
+from siattn.benchmarking.cuda import add_ratios, copy_bandwidth, sdpa_default_kernels, time_decode, time_prefill
+from siattn.benchmarking.environment import versions
 
 HELP = "Benchmark the attention backends (CUDA: Triton vs SDPA vs FlexAttention; CPU: reference/chunked/flex)."
 
@@ -103,22 +102,6 @@ def main(args: argparse.Namespace) -> int:
     return args._bench_main(args)
 
 
-def _versions() -> dict:
-    import torch
-
-    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    return info
-
-
 def _write(args, result: dict, markdown: str) -> None:
     print(markdown)
     if args.out is not None:
@@ -142,138 +125,6 @@ def _attention_main(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- CUDA
-def causal_flops(batch: int, heads: int, length: int, dim: int) -> float:
-    """Forward FLOPs of causal attention (two products over the lower triangle)."""
-    return 4.0 * batch * heads * length * length * dim / 2.0
-
-
-FWD_BWD_FACTOR = 3.5
-
-
-def copy_bandwidth(nbytes: int = 2 << 30) -> dict:
-    """Device-to-device copy of ``nbytes``: GB/s counting bytes read + written."""
-    import torch
-    from triton.testing import do_bench
-
-    src = torch.empty(nbytes // 4, device="cuda", dtype=torch.float32).uniform_()
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
-    return {"bytes": nbytes, "ms": ms, "gbps": 2 * nbytes / ms / 1e6}
-
-
-def _cuda_fn(name: str, q, k, v, tau: float):
-    """A callable computing attention with backend ``name`` on (q, k, v) (causal, q_offset 0)."""
-    import torch.nn.functional as F
-
-    from siattn.backends.transforms import LogitTransform
-
-    scale = q.shape[-1] ** -0.5
-    si = LogitTransform("scale-invariant", tau=tau)
-    if name.startswith("sdpa-"):  # sdpa-flash: FlashAttention backend forced; sdpa-default: torch's choice
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        gqa = q.shape[1] != k.shape[1]
-
-        def fn():
-            if name == "sdpa-default":
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-
-        return fn
-    if name.startswith("flex-"):
-        from siattn.backends.flex import flex_attention
-
-        tr = si if name == "flex-si" else LogitTransform("none")
-        return lambda: flex_attention(q, k, v, transform=tr, q_offset=0, causal=True, scale=scale)
-    if name.startswith("triton-"):
-        from siattn.backends.triton import flash_attention
-
-        kind = {"triton-si": "scale-invariant", "triton-none": "none", "triton-alibi": "alibi"}[name]
-        tr = si if kind == "scale-invariant" else LogitTransform(kind)
-        return lambda: flash_attention(q, k, v, transform=tr, q_offset=0, causal=True, scale=scale)
-    raise ValueError(f"unknown backend {name!r}")
-
-
-def _time_prefill(name, t, b, heads, kv_heads, dim, tau, backward, rep_ms) -> dict:
-    import torch
-    from triton.testing import do_bench
-
-    gen = torch.Generator(device="cuda").manual_seed(t + b)
-    make = lambda h: torch.randn(b, h, t, dim, device="cuda", dtype=torch.bfloat16, generator=gen)  # noqa: E731
-    q, k, v = make(heads), make(kv_heads), make(kv_heads)
-    row = {"backend": name, "T": t, "B": b, "H": heads, "Hkv": kv_heads, "D": dim}
-    flops = causal_flops(b, heads, t, dim)
-    try:
-        fwd = _cuda_fn(name, q, k, v, tau)
-        with torch.no_grad():
-            fwd()
-            torch.cuda.synchronize()
-            ms = do_bench(fwd, warmup=25, rep=rep_ms, return_mode="median")
-        row.update(fwd_ms=ms, fwd_tflops=flops / ms / 1e9)
-        if backward:
-            for x in (q, k, v):
-                x.requires_grad_(True)
-            grad = torch.randn(b, heads, t, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
-            fn = _cuda_fn(name, q, k, v, tau)
-
-            def step():
-                return torch.autograd.grad(fn(), (q, k, v), grad)
-
-            step()
-            torch.cuda.synchronize()
-            ms = do_bench(step, warmup=25, rep=rep_ms, return_mode="median")
-            row.update(fwdbwd_ms=ms, fwdbwd_tflops=FWD_BWD_FACTOR * flops / ms / 1e9)
-    except Exception as err:  # one failing backend must not lose the others' numbers
-        row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
-    return row
-
-
-def _time_decode(length, batch, heads, kv_heads, dim, tau, l2_bytes=60 << 20) -> dict:
-    """Decode one query (q_offset = length − 1) against a cache of ``length`` keys."""
-    import torch
-    import torch.nn.functional as F
-    from triton.testing import do_bench, do_bench_cudagraph
-
-    from siattn.backends.transforms import LogitTransform
-    from siattn.backends.triton import decode_attention
-
-    kv_bytes = 2 * batch * kv_heads * length * dim * 2
-    copies = max(1, math.ceil(4 * l2_bytes / kv_bytes))
-    gen = torch.Generator(device="cuda").manual_seed(length)
-    caches = [(torch.randn(batch, kv_heads, length, dim, device="cuda", dtype=torch.bfloat16, generator=gen),
-               torch.randn(batch, kv_heads, length, dim, device="cuda", dtype=torch.bfloat16, generator=gen))
-              for _ in range(copies)]
-    q = torch.randn(batch, heads, 1, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
-    si = LogitTransform("scale-invariant", tau=tau)
-    scale = dim**-0.5
-
-    def ours():
-        for k, v in caches:
-            decode_attention(q, k, v, transform=si, q_offset=length - 1, causal=True, scale=scale)
-
-    def sdpa():
-        for k, v in caches:
-            F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=heads != kv_heads)
-
-    row = {"T": length, "B": batch, "H": heads, "Hkv": kv_heads, "D": dim, "kv_bytes": kv_bytes,
-           "cache_copies": copies}
-    with torch.no_grad():
-        for name, fn in (("triton-si", ours), ("sdpa", sdpa)):
-            try:
-                fn()
-                torch.cuda.synchronize()
-                ms = do_bench_cudagraph(fn, rep=100, return_mode="median") / copies
-                row[f"{name}_us"] = ms * 1e3
-                row[f"{name}_gbps"] = kv_bytes / ms / 1e6
-                if name == "triton-si":
-                    eager = do_bench(fn, warmup=10, rep=100, return_mode="median") / copies
-                    row["triton-si_eager_us"] = eager * 1e3
-            except Exception as err:
-                row[f"{name}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
-    return row
-
-
 def run_cuda(args: argparse.Namespace) -> dict:
     import torch
 
@@ -294,21 +145,21 @@ def run_cuda(args: argparse.Namespace) -> dict:
         from siattn.backends import triton as triton_backend
 
         triton_backend.set_autotune(True)
-    result = {"bench": "attention", "device": "cuda", "versions": _versions(),
+    result = {"bench": "attention", "device": "cuda", "versions": versions(),
               "command": " ".join(sys.argv), "dtype": "bfloat16", "causal": True, "tau": args.tau,
               "flops_convention": "fwd = 4·B·H·T²·D/2 (causal); fwd+bwd = 3.5 × fwd",
               "timing": f"triton.testing.do_bench median, rep {args.rep_ms} ms", "prefill": [], "decode": []}
     result["copy"] = copy_bandwidth()
-    result["sdpa_default_kernels"] = _sdpa_default_kernels(heads, kv_heads, dim)
+    result["sdpa_default_kernels"] = sdpa_default_kernels(heads, kv_heads, dim)
     print(f"device-to-device copy: {result['copy']['gbps']:.0f} GB/s (read + write)", flush=True)
     for t, b in args.sizes:
         for name in backends:
-            row = _time_prefill(name, t, b, heads, kv_heads, dim, args.tau, args.backward, args.rep_ms)
+            row = time_prefill(name, t, b, heads, kv_heads, dim, args.tau, args.backward, args.rep_ms)
             torch.cuda.empty_cache()
             result["prefill"].append(row)
             print(_prefill_line(row), flush=True)
     for length in args.decode_lengths:
-        row = _time_decode(length, args.decode_batch, heads, kv_heads, dim, args.tau)
+        row = time_decode(length, args.decode_batch, heads, kv_heads, dim, args.tau)
         torch.cuda.empty_cache()
         row["copy_fraction"] = row.get("triton-si_gbps", 0.0) / result["copy"]["gbps"]
         result["decode"].append(row)
@@ -317,28 +168,8 @@ def run_cuda(args: argparse.Namespace) -> dict:
         from siattn.backends import triton as triton_backend
 
         result["triton_configs"] = triton_backend.tuned_configs()
-    _add_ratios(result)
+    add_ratios(result)
     return result
-
-
-def _sdpa_default_kernels(heads: int, kv_heads: int, dim: int) -> str:
-    """Names of the CUDA kernels torch's SDPA runs by default (which backend it picked), forward + backward."""
-    import torch
-    import torch.nn.functional as F
-    from torch.profiler import ProfilerActivity, profile
-
-    q, k, v = (torch.randn(1, h, 1024, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-               for h in (heads, kv_heads, kv_heads))
-    try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads)
-            out.sum().backward()
-            torch.cuda.synchronize()
-        names = {e.key for e in prof.key_averages() if e.device_type.name == "CUDA"}
-        keep = [n for n in names if any(w in n.lower() for w in ("flash", "fmha", "cudnn", "attention", "sdpa"))]
-        return "; ".join(sorted(n[:90] for n in keep)) or "; ".join(sorted(n[:60] for n in names))[:400]
-    except Exception as err:
-        return f"unknown ({type(err).__name__}: {err})"[:200]
 
 
 def _prefill_line(row: dict) -> str:
@@ -357,23 +188,6 @@ def _decode_line(row: dict) -> str:
         return f"decode T={row['T']}: {row}"
     return (f"decode T={row['T']:>7} B={row['B']}: triton-si {ours:7.1f} us {row['triton-si_gbps']:6.0f} GB/s "
             f"({100 * row['copy_fraction']:.0f}% of copy); sdpa {row.get('sdpa_us', float('nan')):7.1f} us")
-
-
-def _add_ratios(result: dict) -> None:
-    """time / SDPA time (flash forced, and torch's default choice) for every row, and Flex+SI time / Triton-SI
-    time per size."""
-    by = {(r["T"], r["B"], r["backend"]): r for r in result["prefill"]}
-    for r in result["prefill"]:
-        for ref, suffix in (("sdpa-flash", "_vs_sdpa"), ("sdpa-default", "_vs_sdpa_default")):
-            base = by.get((r["T"], r["B"], ref), {})
-            for key in ("fwd_ms", "fwdbwd_ms"):
-                if key in r and key in base:
-                    r[key.replace("_ms", suffix)] = r[key] / base[key]
-        if r["backend"] == "triton-si":
-            flex = by.get((r["T"], r["B"], "flex-si"), {})
-            for key in ("fwd_ms", "fwdbwd_ms"):
-                if key in r and key in flex:
-                    r[key.replace("_ms", "_speedup_vs_flex_si")] = flex[key] / r[key]
 
 
 def _fmt(x, spec=".3f"):
@@ -415,82 +229,6 @@ def cuda_markdown(result: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- CPU
-def _cpu_case(backend: str, length: int, heads: int, dim: int, tau: float, backward: bool,
-              repeats: int) -> dict:
-    """Run in a fresh process: time and peak-RSS growth of one case (see the module docstring)."""
-    import resource
-
-    import torch
-
-    from siattn.backends import run_backend
-    from siattn.backends.transforms import LogitTransform
-
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, heads, length, dim, requires_grad=backward) for _ in range(3))
-    grad = torch.randn(1, heads, length, dim) if backward else None
-    tr = LogitTransform("scale-invariant", tau=tau)
-
-    def call():
-        if backward:
-            out = run_backend(q, k, v, transform=tr, backend=backend)
-            return torch.autograd.grad(out, (q, k, v), grad)
-        with torch.no_grad():
-            return run_backend(q, k, v, transform=tr, backend=backend)
-
-    reset = _reset_peak_rss()
-    base_kb = _proc_status_kb("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    call()
-    first = time.perf_counter() - start
-    peak_kb = _proc_status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return {"first_call_s": first, "ms": 1e3 * statistics.median(times or [first]),
-            "times_ms": [1e3 * x for x in times], "peak_mb": (peak_kb - base_kb) / 1024.0,
-            "memory_method": "VmHWM after reset − VmRSS before" if reset else "ru_maxrss growth"}
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux: write 5 to /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _proc_status_kb("VmHWM") > 0
-    except OSError:
-        return False
-
-
-def _proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _run_case_subprocess(spec: dict, timeout: float) -> dict:
-    code = ("import json, sys; from siattn.recipes.bench import _cpu_case; "
-            "print('RESULT ' + json.dumps(_cpu_case(**json.loads(sys.argv[1]))))")
-    try:
-        proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"error": " / ".join(tail)[:300] or f"exit code {proc.returncode}"}
-
-
-def _reference_bytes(length: int, heads: int) -> float:
-    """Rough peak of the reference backend: about four (heads, T, T) float32 matrices alive at once."""
-    return 4.0 * heads * length * length * 4
-
-
 def run_cpu(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
@@ -503,7 +241,7 @@ def run_cpu(args: argparse.Namespace) -> dict:
             modes = ["fwd"] + (["fwd+bwd"] if args.backward and length <= args.backward_max_length else [])
             for mode in modes:
                 cases.append((length, backend, mode))
-    result = {"bench": "attention", "device": "cpu", "versions": _versions(), "command": " ".join(sys.argv),
+    result = {"bench": "attention", "device": "cpu", "versions": versions(), "command": " ".join(sys.argv),
               "dtype": "float32", "B": 1, "H": heads, "D": dim, "tau": args.tau, "causal": True,
               "memory_method": "peak RSS during the first call minus RSS before it (VmHWM reset via "
                                 "/proc/self/clear_refs; else ru_maxrss growth), fresh subprocess per case",
@@ -512,16 +250,16 @@ def run_cpu(args: argparse.Namespace) -> dict:
     for length, backend, mode in bar:
         bar.set_postfix_str(f"{backend} {mode} T={length}")
         row = {"T": length, "backend": backend, "mode": mode}
-        if backend == "reference" and _reference_bytes(length, heads) > args.memory_cap_gb * 2**30:
-            row["skipped"] = f"score matrices ≈ {_reference_bytes(length, heads) / 2**30:.1f} GB > cap"
+        if backend == "reference" and reference_bytes(length, heads) > args.memory_cap_gb * 2**30:
+            row["skipped"] = f"score matrices ≈ {reference_bytes(length, heads) / 2**30:.1f} GB > cap"
         elif backend == "flex" and mode == "fwd+bwd":
             row["skipped"] = "FlexAttention has no CPU backward"
         else:
             spec = dict(backend=backend, length=length, heads=heads, dim=dim, tau=args.tau,
                         backward=mode == "fwd+bwd", repeats=args.repeats)
             if backend == "flex":  # fill inductor's cache so the measured process does not compile
-                _run_case_subprocess(dict(spec, repeats=0), args.timeout_s)
-            row.update(_run_case_subprocess(spec, args.timeout_s))
+                run_case_subprocess(dict(spec, repeats=0), args.timeout_s)
+            row.update(run_case_subprocess(spec, args.timeout_s))
         result["rows"].append(row)
         tqdm.write(_cpu_line(row))
     return result

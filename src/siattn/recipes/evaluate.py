@@ -19,19 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from siattn.evaluation.common import (
-    DEFAULT_MULTIPLIERS,
-    DTYPES,
-    command_line,
-    eval_lengths,
-    length_label,
-    load_checkpoints,
-    markdown_table,
-    open_validation_data,
-    read_json,
-    resolve_device,
-    write_json,
-)
+from siattn.evaluation.checkpoints import load_checkpoints, open_validation_data, resolve_device
+from siattn.evaluation.lengths import DEFAULT_MULTIPLIERS, eval_lengths, length_label
+from siattn.io import command_line, markdown_table, read_json, write_json
+from siattn.precision import DTYPES
 
 HELP = "Validation loss at 1×, 4×, 16× the training length (and by position) for one or more checkpoints."
 DEFAULT_TOKENS = 1 << 20
@@ -92,7 +83,7 @@ class Plan:
 
 
 def plan_checkpoints(paths: list[str]) -> dict[str, Plan]:
-    from siattn.model import read_checkpoint_state
+    from siattn.training import read_checkpoint_state
 
     out = {}
     for path in paths:

@@ -51,8 +51,8 @@ def checkpoint_tokenizer(folder: str | Path, extra: dict[str, Any], override: st
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from siattn.evaluation.common import resolve_device
-    from siattn.model.checkpoint import load_checkpoint
+    from siattn.evaluation.checkpoints import resolve_device
+    from siattn.training.checkpointing import load_checkpoint
 
     if (args.prompt is None) == (args.prompt_file is None):
         print("give exactly one of --prompt and --prompt-file", file=sys.stderr)

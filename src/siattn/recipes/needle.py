@@ -21,18 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from siattn.evaluation.common import (
-    Checkpoint,
-    command_line,
-    eval_lengths,
-    length_label,
-    load_checkpoints,
-    markdown_table,
-    open_validation_data,
-    read_json,
-    resolve_device,
-    write_json,
-)
+from siattn.evaluation.checkpoints import Checkpoint, load_checkpoints, open_validation_data, resolve_device
+from siattn.evaluation.lengths import eval_lengths, length_label
+from siattn.io import command_line, markdown_table, read_json, write_json
 from siattn.recipes.evaluate import add_model_arguments
 
 HELP = "Needle-in-a-haystack or passkey retrieval: accuracy by context length and needle depth."
@@ -162,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
     import siattn
     from siattn.data import load_tokenizer
     from siattn.evaluation.needle import finetune
-    from siattn.model import TrainConfig, load_checkpoint, save_checkpoint
+    from siattn.training import TrainConfig, load_checkpoint, save_checkpoint
 
     task_name = args.task
     args.trials = args.trials or DEFAULT_TRIALS[task_name]

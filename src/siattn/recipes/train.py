@@ -37,8 +37,8 @@ def _multipliers(text: str) -> tuple[int, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from siattn.backends import backend_names
     from siattn.methods import METHODS
-    from siattn.model.config import PRESETS, SCHEDULES
     from siattn.precision import DTYPES
+    from siattn.training.config import PRESETS, SCHEDULES
 
     parser.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS), help="starting configuration")
     parser.add_argument("--method", choices=sorted(METHODS), default=None,
@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_presets() -> None:
-    from siattn.model.config import describe_presets
+    from siattn.training.config import describe_presets
 
     print("| preset | params | layers | width | heads × dim | vocab | seq | batch | steps | tokens | p-RoPE base |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -111,7 +111,7 @@ def _print_presets() -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from siattn.model.config import resolve_config
+    from siattn.training.config import resolve_config
     from siattn.training.distributed import cleanup_distributed, init_distributed
     from siattn.training.trainer import RESUMABLE_OVERRIDES, find_checkpoint, resume_config, train
 

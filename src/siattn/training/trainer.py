@@ -5,20 +5,22 @@ A run folder holds everything a run did:
     config.json      the full resolved TrainConfig + what was derived (world size, accumulation, device, ...)
     metrics.jsonl    one JSON object per line: {"kind": "train", "step", "loss", "lr_mult", "tokens", ...}
                      and {"kind": "val", "step", "loss": {"512": ..., "2048": ...}} (nats/token)
-    checkpoints/     step_XXXXXX/ folders (siattn.model.checkpoint) and LATEST
+    checkpoints/     step_XXXXXX/ folders (siattn.training.checkpointing) and LATEST
     loss.png         the loss curves; summary.json: final numbers
     tensorboard/     the same metrics as TensorBoard events (with --tensorboard)
 
 Resuming restores weights, optimiser state, the data loader position and RNG states, so on CPU a resumed run
 is bit-identical to an uninterrupted one. SIGINT/SIGTERM finish the current step, save a checkpoint and stop.
 Under torchrun every rank reads its own slice of each global batch and only rank 0 writes.
+
+Each step is :func:`siattn.training.step.optimizer_step` over the step's micro-batches; validation is
+:mod:`siattn.training.validation`, the metrics file :mod:`siattn.training.metrics`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import shutil
 import signal
@@ -32,20 +34,24 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from siattn.evaluation.common import write_json
-from siattn.model.checkpoint import (
+from siattn.io import write_json
+from siattn.model import GPT
+from siattn.precision import autocast as precision_autocast
+from siattn.training.checkpointing import (
     CHECKPOINTS,
     CheckpointError,
     load_training_state,
     read_checkpoint_state,
+    resolve_checkpoint,
     save_run_checkpoint,
 )
-from siattn.model.config import TrainConfig
-from siattn.model.gpt import GPT
-from siattn.model.optim import build_optimizer
-from siattn.model.schedules import lr_multiplier
-from siattn.precision import autocast as precision_autocast
+from siattn.training.config import TrainConfig, resolve_config
 from siattn.training.distributed import DistInfo, all_reduce_sum, any_rank, barrier
+from siattn.training.lr_schedules import lr_multiplier
+from siattn.training.metrics import MetricsLog, plot_metrics
+from siattn.training.optim import OptimizerSet, build_optimizer
+from siattn.training.step import optimizer_step
+from siattn.training.validation import eval_token_count, evaluate, validation_lengths
 
 # fields that may change when a run is resumed (everything else must match the checkpoint's config)
 # (``data`` may move; a different dataset is caught when the loader's window count does not match)
@@ -118,137 +124,11 @@ def open_dataset(config: TrainConfig, info: DistInfo, progress: bool = True, log
     return TokenDataset(path)
 
 
-def eval_lengths(config: TrainConfig) -> list[int]:
-    return [config.seq_len * m for m in config.eval_multipliers]
-
-
-def eval_token_count(config: TrainConfig, val_tokens: int) -> int:
-    """Scored tokens per length: ``eval_tokens``, within the validation split, rounded down to a multiple of
-    every evaluation length (:func:`siattn.evaluation.scored_tokens`). Raises when the split cannot hold that."""
-    from siattn.evaluation.loss_by_length import scored_tokens
-
-    lengths = eval_lengths(config)
-    budget = min(config.eval_tokens, val_tokens - 1)
-    step = math.lcm(*lengths)
-    if budget < step:
-        raise ValueError(f"the validation split ({val_tokens} tokens) or eval_tokens ({config.eval_tokens}) is less "
-                         f"than one window of every evaluation length (lcm {step} of {lengths}); use smaller "
-                         "--eval-multipliers or more data")
-    return scored_tokens(budget, lengths)
-
-
-@torch.no_grad()
-def evaluate(model: GPT, tokens: Any, lengths: list[int], n_tokens: int, batch_tokens: int, info: DistInfo,
-             dtype: str = "auto") -> dict[int, float]:
-    """Mean loss (nats/token) over the same ``n_tokens`` validation targets at each length
-    (:func:`siattn.evaluation.loss_at_length`); ranks split the batches of windows and sum their losses."""
-    from siattn.evaluation.loss_by_length import loss_at_length
-
-    out = {}
-    for length in lengths:
-        part = loss_at_length(model, tokens, length, n_tokens, batch_size=max(1, batch_tokens // length),
-                              dtype=dtype, progress=False, shard=(info.rank, info.world_size))
-        total = torch.tensor([part.loss_sum, part.tokens], dtype=torch.float64, device=info.device)
-        all_reduce_sum(total, info)
-        out[length] = float(total[0] / total[1])
-    return out
-
-
-# ---- metrics ----
-
-class MetricsLog:
-    """metrics.jsonl, appended line by line (rank 0 only); on resume, lines after the checkpoint's step go.
-
-    With ``tensorboard_dir`` every record is also written as TensorBoard scalars (``train/loss``,
-    ``train/lr_mult``, ``train/tokens_per_s``, ``val/loss@LENGTH``, x axis = step); on resume TensorBoard's
-    own purge drops events after the checkpoint's step, as the JSONL does.
-    """
-
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None = None,
-                 tensorboard_dir: Path | None = None):
-        self.path, self.enabled = path, enabled
-        self._tb = None
-        if not enabled:
-            return
-        if resume_step is not None and path.exists():
-            keep = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in keep))
-        elif resume_step is None:
-            path.write_text("")
-        if tensorboard_dir is not None:
-            self._tb = tensorboard_writer(tensorboard_dir, purge_step=None if resume_step is None
-                                          else resume_step + 1)
-        self._file = open(path, "a")  # noqa: SIM115 (kept open for the run)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        if self._tb is not None:
-            step = record["step"]
-            if record["kind"] == "val":
-                for length, loss in record["loss"].items():
-                    self._tb.add_scalar(f"val/loss@{length}", loss, step)
-            else:
-                for key in ("loss", "lr_mult", "tokens_per_s"):
-                    if key in record:
-                        self._tb.add_scalar(f"{record['kind']}/{key}", record[key], step)
-            self._tb.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._file.close()
-            if self._tb is not None:
-                self._tb.close()
-
-
-def tensorboard_writer(log_dir: Path, purge_step: int | None = None) -> Any:
-    """A ``torch.utils.tensorboard.SummaryWriter`` on ``log_dir``; a clear error when tensorboard is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:  # torch imports it lazily and needs the tensorboard package
-        raise RuntimeError("--tensorboard needs the tensorboard package: pip install 'siattn[tensorboard]' "
-                           f"({e})") from None
-    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def plot_metrics(metrics_path: Path, out: Path, *, unigram_entropy: float | None = None, title: str = "") -> Path:
-    """Training loss per logged step and validation loss per length, nats/token; returns ``out``."""
-    from siattn.plotting import pyplot, save_figure
-
-    plt = pyplot()
-    records = read_metrics(metrics_path)
-    train = [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
-    val = [r for r in records if r["kind"] == "val"]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    if train:
-        ax.plot(*zip(*train), lw=1, color="0.6", label="train")
-    for length in (val[-1]["loss"] if val else {}):
-        pts = [(r["step"], r["loss"][length]) for r in val if length in r["loss"]]
-        ax.plot(*zip(*pts), marker="o", label=f"val @ {length}")
-    if unigram_entropy is not None:
-        ax.axhline(unigram_entropy, ls="--", color="k", lw=0.8, label=f"unigram entropy {unigram_entropy:.2f}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return save_figure(fig, out, dpi=120)
-
-
 # ---- configuration on resume ----
 
 def resume_config(checkpoint: str | Path, overrides: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
     """The checkpoint's TrainConfig with the overrides that may change on resume applied, and the names of
     overrides that were ignored because they would change what is being trained."""
-    from siattn.model.config import resolve_config
-
     _, state = read_checkpoint_state(checkpoint, verify=False)
     if not state.get("train_config"):
         raise CheckpointError(f"{checkpoint}: holds no training config; it cannot be resumed")
@@ -265,8 +145,6 @@ def _config_value(config: TrainConfig, name: str) -> Any:
 
 def find_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run folder, or None."""
-    from siattn.model.checkpoint import resolve_checkpoint
-
     if not (run_dir / CHECKPOINTS).exists():
         return None
     try:
@@ -275,11 +153,104 @@ def find_checkpoint(run_dir: Path) -> Path | None:
         return None
 
 
+# ---- setting up ----
+
+def batch_layout(config: TrainConfig, info: DistInfo) -> tuple[int, int]:
+    """(micro-batch size, accumulation steps): ``batch_size`` sequences per step = micro × accumulation × ranks."""
+    per_step = config.batch_size
+    micro = config.micro_batch_size or max(1, per_step // info.world_size)
+    if per_step % (micro * info.world_size):
+        raise ValueError(f"batch_size {per_step} is not a multiple of micro_batch_size {micro} × world size "
+                         f"{info.world_size}")
+    return micro, per_step // (micro * info.world_size)
+
+
+def _prepare_run_dir(run_dir: Path, resume: str | Path | None, overwrite: bool, info: DistInfo) -> None:
+    """Create the run folder; refuse to start over a run's checkpoints unless ``overwrite`` (then drop them)."""
+    if info.is_main:
+        if resume is None and find_checkpoint(run_dir) is not None:
+            if not overwrite:
+                raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
+                                      "--overwrite to start it again, or --out for a new run folder")
+            shutil.rmtree(run_dir / CHECKPOINTS)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier(info)
+
+
+def _build_model(config: TrainConfig, device: torch.device) -> tuple[GPT, OptimizerSet]:
+    """The model (initialised from ``config.seed``) on ``device`` and its optimisers."""
+    torch.manual_seed(config.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = GPT(config.model).to(device)
+    return model, build_optimizer(model, config)
+
+
+@dataclass
+class _RunState:
+    """What the loop carries from step to step; a resumed run starts from its checkpoint's."""
+
+    step: int = 0
+    train_seconds: float = 0.0
+    tokens_seen: int = 0
+    last: dict[str, Any] = field(default_factory=dict)  # the newest train loss and validation, saved with checkpoints
+    final_val: dict[int, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    resumed_val: dict[int, float] = field(default_factory=dict)
+
+
+def _restore(resume: str | Path, model: GPT, optimizer: OptimizerSet, loader: Any, device: torch.device,
+             log: Callable[[str], Any]) -> _RunState:
+    """Load weights, optimiser, loader position and RNG states from the checkpoint ``resume``."""
+    state = load_training_state(resume, model, optimizer, device)
+    loader.load_state_dict(state["loader"])
+    metrics = dict(state.get("metrics") or {})
+    run = _RunState(step=int(state["step"]), train_seconds=float(state["extra"].get("train_seconds", 0.0)),
+                    tokens_seen=int(state["extra"].get("tokens_seen", 0)), last=metrics,
+                    checkpoint=Path(state["path"]),
+                    resumed_val={int(k): v for k, v in metrics.get("val", {}).items()})
+    log(f"resumed from {state['path']} at step {run.step}")
+    return run
+
+
+def _wrap(model: GPT, config: TrainConfig, info: DistInfo) -> torch.nn.Module:
+    """The module the loop calls: ``model``, compiled with ``config.compile``, inside DDP under torchrun."""
+    wrapped: torch.nn.Module = model
+    if config.compile:
+        wrapped = torch.compile(wrapped)
+    if info.distributed:
+        device = info.device
+        wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+    return wrapped
+
+
+def _tokenizer_files(ds: Any) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The dataset's tokenizer description and its file, which every checkpoint carries (path made relative)."""
+    tok_info = dict(ds.manifest.get("tokenizer", {}))
+    tok_file = Path(ds.path) / tok_info["file"] if tok_info.get("file") else None
+    extra_files = {tok_file.name: tok_file} if tok_file is not None and tok_file.is_file() else {}
+    if extra_files:
+        tok_info["file"] = tok_file.name  # relative to the checkpoint folder
+    return tok_info, extra_files
+
+
 # ---- the loop ----
 
 def _batches(loader: Iterator, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _micro_losses(model: torch.nn.Module, batches: Iterator, accum: int, info: DistInfo,
+                  autocast: Callable) -> Iterator[torch.Tensor]:
+    """The losses of one step's ``accum`` micro-batches; under DDP the gradients are all-reduced on the last."""
+    for micro_step in range(accum):
+        x, y = next(batches)
+        sync = micro_step == accum - 1 or not info.distributed
+        with contextlib.nullcontext() if sync else model.no_sync(), autocast():
+            _, loss = model(x, y)
+        yield loss
 
 
 def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Path | None = None,
@@ -293,57 +264,23 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
     log = log if info.is_main else (lambda *_: None)
     run_dir = Path(config.run_dir)
     device = info.device
-    if info.is_main:
-        if resume is None and find_checkpoint(run_dir) is not None:
-            if not overwrite:
-                raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
-                                      "--overwrite to start it again, or --out for a new run folder")
-            shutil.rmtree(run_dir / CHECKPOINTS)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    barrier(info)
+    _prepare_run_dir(run_dir, resume, overwrite, info)
 
     # data
     ds = open_dataset(config, info, progress=progress and info.is_main, log=log)
     if ds.vocab_size != config.model.vocab_size:
         log(f"vocab_size {config.model.vocab_size} -> {ds.vocab_size} (the dataset's tokenizer)")
         config.model.vocab_size = ds.vocab_size
-    per_step = config.batch_size
-    micro = config.micro_batch_size or max(1, per_step // info.world_size)
-    if per_step % (micro * info.world_size):
-        raise ValueError(f"batch_size {per_step} is not a multiple of micro_batch_size {micro} × world size "
-                         f"{info.world_size}")
-    accum = per_step // (micro * info.world_size)
+    micro, accum = batch_layout(config, info)
     loader = SequenceLoader(ds.train, config.seq_len, micro, seed=config.seed, rank=info.rank,
                             world_size=info.world_size)
-    lengths = eval_lengths(config)
+    lengths = validation_lengths(config)
     n_eval = eval_token_count(config, len(ds.val))
 
     # model and optimisers
-    torch.manual_seed(config.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    raw_model = GPT(config.model).to(device)
-    optimizer = build_optimizer(raw_model, config)
-    start_step, train_seconds, tokens_seen = 0, 0.0, 0
-    resumed_from: Path | None = None
-    resumed_metrics: dict[str, Any] = {}
-    resumed_val: dict[int, float] = {}
-    if resume is not None:
-        state = load_training_state(resume, raw_model, optimizer, device)
-        loader.load_state_dict(state["loader"])
-        start_step = int(state["step"])
-        train_seconds = float(state["extra"].get("train_seconds", 0.0))
-        tokens_seen = int(state["extra"].get("tokens_seen", 0))
-        resumed_from = Path(state["path"])
-        resumed_metrics = dict(state.get("metrics") or {})
-        resumed_val = {int(k): v for k, v in resumed_metrics.get("val", {}).items()}
-        log(f"resumed from {state['path']} at step {start_step}")
-    model: torch.nn.Module = raw_model
-    if config.compile:
-        model = torch.compile(model)
-    if info.distributed:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    raw_model, optimizer = _build_model(config, device)
+    run = _RunState() if resume is None else _restore(resume, raw_model, optimizer, loader, device, log)
+    model = _wrap(raw_model, config, info)
     autocast = functools.partial(precision_autocast, device, config.dtype)
 
     n_params = raw_model.num_parameters()
@@ -361,110 +298,113 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
         f"{config.batch_size} × {config.seq_len} tokens (micro-batch {micro}, accumulation {accum}, "
         f"{info.world_size} rank(s), {device}); {epochs:.2f} epochs of "
         f"{len(ds.train):,} training tokens")
-    metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main, start_step if resume is not None else None,
+    metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main, run.step if resume is not None else None,
                          tensorboard_dir=run_dir / "tensorboard" if config.tensorboard else None)
+    tok_info, extra_files = _tokenizer_files(ds)
 
-    tok_info = dict(ds.manifest.get("tokenizer", {}))
-    tok_file = Path(ds.path) / tok_info["file"] if tok_info.get("file") else None
-    extra_files = {tok_file.name: tok_file} if tok_file is not None and tok_file.is_file() else {}
-    if extra_files:
-        tok_info["file"] = tok_file.name  # relative to the checkpoint folder
-
-    def save(step: int, last: dict[str, Any]) -> Path | None:
+    def save(step: int) -> Path | None:
         path = None
         if info.is_main:
             path = save_run_checkpoint(run_dir, step, keep=config.keep_checkpoints, model=raw_model,
                                        config=config.model, optimizer=optimizer, train_config=config,
-                                       loader_state=loader.state_dict(), metrics=last,
-                                       extra={"train_seconds": train_seconds, "tokens_seen": tokens_seen,
+                                       loader_state=loader.state_dict(), metrics=run.last,
+                                       extra={"train_seconds": run.train_seconds, "tokens_seen": run.tokens_seen,
                                               "world_size": info.world_size, "tokenizer": tok_info,
                                               "data": str(ds.path)},
                                        extra_files=extra_files)
         barrier(info)
         return path
 
-    batches = _batches(loader, device)
-    last: dict[str, Any] = resumed_metrics  # the newest train loss and validation, saved with checkpoints
-    final_val: dict[int, float] = {}
-    checkpoint: Path | None = resumed_from
-    step = start_step
-    bar = tqdm(total=config.steps, initial=start_step, disable=not (progress and info.is_main), unit="step",
+    def validate() -> dict[int, float]:
+        return evaluate(raw_model, ds.val, lengths, n_eval, config.eval_batch_tokens, info, config.dtype)
+
+    bar = tqdm(total=config.steps, initial=run.step, disable=not (progress and info.is_main), unit="step",
                dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)  # sparse lines in log files
+    with StopRequest() as stop:
+        _loop(config, info, run, model, raw_model, optimizer, _batches(loader, device), accum, autocast, metrics,
+              bar, stop, validate, save)
+    bar.close()
+    if not run.final_val:  # resumed a finished run: nothing trained; report its last validation
+        run.final_val = run.resumed_val if set(run.resumed_val) == set(lengths) else validate()
+    metrics.close()
+    return _finish(config, info, run, run_dir, unigram, stop.signal,
+                   extra={"parameters": n_params, "grad_accum": accum, "micro_batch_size": micro})
+
+
+def _loop(config: TrainConfig, info: DistInfo, run: _RunState, model: torch.nn.Module, raw_model: GPT,
+          optimizer: OptimizerSet, batches: Iterator, accum: int, autocast: Callable, metrics: MetricsLog,
+          bar: Any, stop: StopRequest, validate: Callable[[], dict[int, float]],
+          save: Callable[[int], Path | None]) -> None:
+    """Steps from ``run.step`` to ``config.steps``: train, log every ``log_every``, validate every
+    ``eval_every``, checkpoint every ``ckpt_every`` and at the end or on a stop request (which ends the loop)."""
+    device = info.device
     window_t, window_tokens = 0.0, 0
     loss_sum, loss_count = torch.zeros((), device=device), 0  # micro-batch losses since the last log line
-    with StopRequest() as stop:
-        raw_model.train()
-        while step < config.steps:
-            t0 = time.perf_counter()
-            optimizer.set_lr_multiplier(lr_multiplier(step, config.steps, schedule=config.schedule,
-                                                      cooldown_frac=config.cooldown_frac,
-                                                      warmup_steps=config.warmup_steps))
-            for micro_step in range(accum):
-                x, y = next(batches)
-                sync = micro_step == accum - 1 or not info.distributed
-                with contextlib.nullcontext() if sync else model.no_sync(), autocast():
-                    _, loss = model(x, y)
-                (loss / accum).backward()
-                loss_sum += loss.detach()
-                loss_count += 1
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += config.tokens_per_step
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            train_seconds += dt
-            window_t += dt
-            window_tokens += config.tokens_per_step
-            bar.update(1)
+    raw_model.train()
+    while run.step < config.steps:
+        t0 = time.perf_counter()
+        mult = lr_multiplier(run.step, config.steps, schedule=config.schedule, cooldown_frac=config.cooldown_frac,
+                             warmup_steps=config.warmup_steps)
+        for loss in optimizer_step(optimizer, raw_model.parameters(),
+                                   _micro_losses(model, batches, accum, info, autocast), lr_multiplier=mult,
+                                   grad_clip=config.grad_clip, accumulation=accum):
+            loss_sum += loss
+            loss_count += 1
+        run.step += 1
+        run.tokens_seen += config.tokens_per_step
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        run.train_seconds += dt
+        window_t += dt
+        window_tokens += config.tokens_per_step
+        bar.update(1)
+        step = run.step
 
-            if step % config.log_every == 0 or step == config.steps:
-                train_loss = float(all_reduce_sum(loss_sum, info)) / (loss_count * info.world_size)
-                loss_sum.zero_()
-                loss_count = 0
-                tps = window_tokens / max(window_t, 1e-9)
-                window_t, window_tokens = 0.0, 0
-                last["train_loss"] = train_loss
-                metrics.write({"kind": "train", "step": step, "loss": train_loss,
-                               "lr_mult": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["base_lr"],
-                               "tokens": tokens_seen, "tokens_per_s": tps, "seconds": train_seconds})
-                bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tps:,.0f}")
-                if not math.isfinite(train_loss):
-                    raise FloatingPointError(f"training loss became {train_loss} at step {step}; lower the "
-                                             "learning rates (--lr-muon, --lr-embed, --lr-head)")
+        if step % config.log_every == 0 or step == config.steps:
+            train_loss = float(all_reduce_sum(loss_sum, info)) / (loss_count * info.world_size)
+            loss_sum.zero_()
+            loss_count = 0
+            tps = window_tokens / max(window_t, 1e-9)
+            window_t, window_tokens = 0.0, 0
+            run.last["train_loss"] = train_loss
+            metrics.write({"kind": "train", "step": step, "loss": train_loss,
+                           "lr_mult": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["base_lr"],
+                           "tokens": run.tokens_seen, "tokens_per_s": tps, "seconds": run.train_seconds})
+            bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tps:,.0f}")
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"training loss became {train_loss} at step {step}; lower the "
+                                         "learning rates (--lr-muon, --lr-embed, --lr-head)")
 
-            if step % config.eval_every == 0 or step == config.steps:
-                final_val = evaluate(raw_model, ds.val, lengths, n_eval, config.eval_batch_tokens, info, config.dtype)
-                last["val"] = {str(k): v for k, v in final_val.items()}
-                metrics.write({"kind": "val", "step": step, "loss": last["val"]})
-                bar.write(f"step {step}: val " + ", ".join(f"@{k} {v:.4f}" for k, v in final_val.items()))
+        if step % config.eval_every == 0 or step == config.steps:
+            run.final_val = validate()
+            run.last["val"] = {str(k): v for k, v in run.final_val.items()}
+            metrics.write({"kind": "val", "step": step, "loss": run.last["val"]})
+            bar.write(f"step {step}: val " + ", ".join(f"@{k} {v:.4f}" for k, v in run.final_val.items()))
 
-            stopping = any_rank(stop.signal is not None, info)
-            if step % config.ckpt_every == 0 or step == config.steps or stopping:
-                checkpoint = save(step, last)
-            if stopping:
-                break
-    bar.close()
-    if not final_val:  # resumed a finished run: nothing trained; report its last validation
-        final_val = resumed_val if set(resumed_val) == set(lengths) else evaluate(
-            raw_model, ds.val, lengths, n_eval, config.eval_batch_tokens, info, config.dtype)
-    metrics.close()
+        stopping = any_rank(stop.signal is not None, info)
+        if step % config.ckpt_every == 0 or step == config.steps or stopping:
+            run.checkpoint = save(step)
+        if stopping:
+            break
+
+
+def _finish(config: TrainConfig, info: DistInfo, run: _RunState, run_dir: Path, unigram: float | None,
+            stopped_by: str | None, extra: dict[str, Any]) -> RunResult:
+    """The loss plot and summary.json (rank 0), and the :class:`RunResult`."""
     plot = None
     if info.is_main and (run_dir / "metrics.jsonl").stat().st_size:
         plot = plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png", unigram_entropy=unigram,
                             title=f"{config.name} · {config.model.method}")
-    result = RunResult(run_dir=run_dir, step=step, steps=config.steps, final_val=final_val, unigram_entropy=unigram,
-                       checkpoint=checkpoint, metrics_path=run_dir / "metrics.jsonl", plot_path=plot,
-                       stopped_by=stop.signal, train_seconds=train_seconds,
-                       tokens_per_s=tokens_seen / max(train_seconds, 1e-9),
-                       extra={"parameters": n_params, "grad_accum": accum, "micro_batch_size": micro})
+    result = RunResult(run_dir=run_dir, step=run.step, steps=config.steps, final_val=run.final_val,
+                       unigram_entropy=unigram, checkpoint=run.checkpoint, metrics_path=run_dir / "metrics.jsonl",
+                       plot_path=plot, stopped_by=stopped_by, train_seconds=run.train_seconds,
+                       tokens_per_s=run.tokens_seen / max(run.train_seconds, 1e-9), extra=extra)
     if info.is_main:
-        summary = {"step": step, "steps": config.steps, "stopped_by": stop.signal,
-                   "final_val": {str(k): v for k, v in final_val.items()}, "unigram_entropy_val": unigram,
-                   "train_seconds": train_seconds, "tokens_seen": tokens_seen, "parameters": n_params,
-                   "checkpoint": str(checkpoint) if checkpoint else None}
+        summary = {"step": run.step, "steps": config.steps, "stopped_by": stopped_by,
+                   "final_val": {str(k): v for k, v in run.final_val.items()}, "unigram_entropy_val": unigram,
+                   "train_seconds": run.train_seconds, "tokens_seen": run.tokens_seen,
+                   "parameters": extra["parameters"],
+                   "checkpoint": str(run.checkpoint) if run.checkpoint else None}
         write_json(run_dir / "summary.json", summary)
     return result

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from siattn.model import (
-    GPT,
+from siattn.model import GPT
+from siattn.training import (
     CheckpointError,
     build_optimizer,
     load_checkpoint,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from siattn.model import GPT, build_optimizer, lr_multiplier, resolve_config
-from siattn.model.optim import muon_lr_ratio, parameter_groups
+from siattn.model import GPT
+from siattn.training import build_optimizer, lr_multiplier, resolve_config
+from siattn.training.optim import muon_lr_ratio, parameter_groups
 
 
 @pytest.mark.parametrize("shape", [(64, 256), (256, 64), (96, 160)])

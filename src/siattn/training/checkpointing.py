@@ -30,7 +30,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from siattn.data.tokenizer import sha256_file
-from siattn.model.config import GPTConfig, TrainConfig
+from siattn.methods import evaluation_method
+from siattn.model import GPT, GPTConfig
+from siattn.training.config import TrainConfig
 
 FORMAT = "siattn-checkpoint"
 VERSION = 1
@@ -145,7 +147,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: GPTConf
     """Write a checkpoint folder at ``path`` atomically (replacing one that is there). Returns ``path``.
 
     ``model`` is the bare module (not DDP- or compile-wrapped); ``optimizer`` anything with ``state_dict()``
-    returning {name: torch optimizer state_dict} (an :class:`~siattn.model.optim.OptimizerSet`).
+    returning {name: torch optimizer state_dict} (an :class:`~siattn.training.optim.OptimizerSet`).
     ``extra_files`` {name: source path} are copied in (e.g. the tokenizer, so a checkpoint stands alone).
     """
     path = Path(path)
@@ -284,9 +286,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, att
     checkpoint). ``attn_backend`` overrides the backend the model was trained with; ``method`` runs the weights
     under a method that extends the trained one (``rope-ntk``/``yarn`` on ``rope``, ``logn-ntk`` on
     ``logn-rope``; :func:`siattn.methods.evaluation_method`)."""
-    from siattn.methods import evaluation_method
-    from siattn.model.gpt import GPT
-
     folder, state = read_checkpoint_state(path, verify=verify)
     try:
         config = GPTConfig.from_dict(state["model_config"])

@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn as nn
 
-from siattn.model.config import TrainConfig
+from siattn.training.config import TrainConfig
 
 
 def muon_lr_ratio(shape: torch.Size | tuple[int, ...], adjust_lr_fn: str | None = "original") -> float:

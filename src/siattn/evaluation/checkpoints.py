@@ -1,27 +1,18 @@
-"""What every evaluation shares: device and precision, checkpoints to evaluate, lengths, files.
+"""What an evaluation runs on: the device, the checkpoints to evaluate (loaded one at a time) and their data.
 
-    ckpt = load_for_eval("runs/cpu-tiny-si-p-rope", device="cpu")   # model in eval mode + its configs
-    lengths = eval_lengths(ckpt.train_length, multipliers=(1, 4, 16))  # [512, 2048, 8192]
-    with autocast(ckpt.device, "auto"):                               # bfloat16 on CUDA, nothing on CPU
-        ...
+    device = resolve_device("auto")                                   # CUDA when available
+    ckpt = load_for_eval("runs/cpu-tiny-si-p-rope", device=device)    # model in eval mode + its configs
+    ds = open_validation_data(None, ckpt)                             # the dataset it was trained on
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from siattn.precision import DTYPES, amp_dtype, autocast
-
-__all__ = ["DTYPES", "amp_dtype", "autocast"]  # re-exported for the evaluation modules and recipes
-
-DEFAULT_MULTIPLIERS = (1, 4, 16)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -42,7 +33,7 @@ class Checkpoint:
     path: str
     model: torch.nn.Module
     config: Any  # siattn.model.GPTConfig
-    train_config: Any | None  # siattn.model.TrainConfig, when the checkpoint holds one
+    train_config: Any | None  # siattn.training.TrainConfig, when the checkpoint holds one
     step: int
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
@@ -65,8 +56,8 @@ class Checkpoint:
 def load_for_eval(path: str | Path, device: torch.device | str = "cpu", *, label: str | None = None,
                   attn_backend: str | None = None, method: str | None = None) -> Checkpoint:
     """Load a checkpoint (a checkpoint folder or a run folder: its newest) in eval mode on ``device``;
-    ``method``: evaluate under a method that extends the trained one (see :func:`siattn.model.load_checkpoint`)."""
-    from siattn.model import TrainConfig, load_checkpoint
+    ``method``: evaluate under a method that extends the trained one (see :func:`siattn.training.load_checkpoint`)."""
+    from siattn.training import TrainConfig, load_checkpoint
 
     device = torch.device(device)
     model, config, extra = load_checkpoint(path, device=device, attn_backend=attn_backend, method=method)
@@ -92,7 +83,7 @@ def load_checkpoints(paths: Sequence[str], device: torch.device, labels: Sequenc
                      attn_backend: str | None = None, method: str | None = None) -> Iterator[Checkpoint]:
     """Load the checkpoints one at a time (only one model in memory), labelled by ``labels`` or their method
     (made unique). The labels are settled before any model is loaded, from each checkpoint's state.json."""
-    from siattn.model import read_checkpoint_state
+    from siattn.training import read_checkpoint_state
 
     if labels and len(labels) != len(paths):
         raise ValueError(f"{len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
@@ -101,15 +92,6 @@ def load_checkpoints(paths: Sequence[str], device: torch.device, labels: Sequenc
         labels = unique_labels(methods)
     for path, label in zip(paths, labels):
         yield load_for_eval(path, device, label=label, attn_backend=attn_backend, method=method)
-
-
-def eval_lengths(train_length: int, multipliers: Sequence[int] = DEFAULT_MULTIPLIERS,
-                 lengths: Sequence[int] | None = None) -> list[int]:
-    """``lengths`` when given, else ``multipliers`` × the training length; sorted and without repeats."""
-    out = [int(n) for n in lengths] if lengths else [int(m * train_length) for m in multipliers]
-    if not out or min(out) < 1:
-        raise ValueError(f"evaluation lengths must be positive, got {out}")
-    return sorted(set(out))
 
 
 def open_validation_data(data: str | None, checkpoint: Checkpoint) -> Any:
@@ -125,65 +107,3 @@ def open_validation_data(data: str | None, checkpoint: Checkpoint) -> Any:
         raise ValueError(f"dataset {path!r} (from {where}) does not exist here; pass --data PATH, or prepare "
                          "it with `siattn data prepare`")
     return TokenDataset(path)
-
-
-def read_json(path: str | Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when there is no such file (or it is not valid JSON)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically (a crash leaves the previous file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub Markdown table; floats with 3 decimals, None as an em dash."""
-
-    def cell(v: Any) -> str:
-        if v is None:
-            return "—"
-        if isinstance(v, float):
-            return f"{v:.3f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def command_line(args: Any, name: str) -> str:
-    """The command that made a result: ``sys.argv`` if it ran ``siattn NAME``, else rebuilt from ``args``."""
-    import shlex
-    import sys
-
-    if name in sys.argv[1:2]:
-        return "siattn " + shlex.join(sys.argv[1:])
-    parts = [f"siattn {name}"]
-    for key, value in vars(args).items():
-        if key.startswith("_") or key == "command" or value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, list | tuple):
-            parts.append(f"{flag} {shlex.join(str(v) for v in value)}")
-        else:
-            parts.append(f"{flag} {shlex.quote(str(value))}")
-    return " ".join(parts)
-
-
-def length_label(length: int, train_length: int | None = None) -> str:
-    """``8192`` -> ``"8k"``; with a training length, ``"8k (16×)"``."""
-    text = f"{length // 1024}k" if length % 1024 == 0 else str(length)
-    if train_length and length % train_length == 0:
-        text += f" ({length // train_length}×)"
-    return text
