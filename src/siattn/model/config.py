@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from siattn.methods import get_method
@@ -99,6 +100,7 @@ class TrainConfig:
     name: str = "custom"
     model: GPTConfig = field(default_factory=GPTConfig)
     # data: a prepared dataset folder; when it does not exist it is prepared from (data_source, tokenizer)
+    # (resolve_config drops data_source when data is overridden with another path: a mistyped path is an error)
     data: str = "data_cache/stdlib-bytes"
     data_source: str | None = "stdlib"
     tokenizer: str = "bytes"
@@ -243,6 +245,8 @@ def resolve_config(preset: str | TrainConfig = "cpu-tiny", **overrides: Any) -> 
         raise ValueError(f"unknown config fields {unknown}")
     model_kw = {k: v for k, v in overrides.items() if k in MODEL_FIELDS}
     train_kw = {k: v for k, v in overrides.items() if k in TRAIN_FIELDS}
+    if "data" in train_kw and "data_source" not in train_kw and not _same_path(train_kw["data"], preset.data):
+        train_kw["data_source"] = None  # the preset's source is prepared at the preset's path only
     seq_len = train_kw.get("seq_len", preset.seq_len)
     if seq_len != preset.model.train_length:
         model_kw.setdefault("train_length", seq_len)
@@ -252,6 +256,10 @@ def resolve_config(preset: str | TrainConfig = "cpu-tiny", **overrides: Any) -> 
         model_kw["n_kv_head"] = None
     model = dataclasses.replace(preset.model, **model_kw)
     return dataclasses.replace(preset, model=model, **train_kw)
+
+
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def describe_presets() -> list[dict[str, Any]]:

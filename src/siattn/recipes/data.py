@@ -102,35 +102,48 @@ def _print_summary(summary: dict, entropy: dict[str, float] | None = None) -> No
               f"{info['shards']} shard(s){ent}")
 
 
+def _print_notes(manifest: dict) -> None:
+    """What a prepared dataset left out or changed: non-regular files skipped, text that was not UTF-8."""
+    skipped = manifest.get("source", {}).get("skipped") or []
+    if skipped:
+        print(f"note: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that "
+              f"{'is' if len(skipped) == 1 else 'are'} not a regular file (FIFO, socket, device): "
+              f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+    stats = manifest.get("stats", {})
+    n = stats.get("decode_errors") or 0
+    if n:
+        files = stats.get("decode_error_files") or []
+        print(f"note: {n} file{'' if n == 1 else 's'} (or JSONL line{'' if n == 1 else 's'}) not valid UTF-8; the "
+              f"{manifest['tokenizer'].get('spec')} tokenizer read U+FFFD for the undecodable bytes (the bytes "
+              f"tokenizer keeps every byte): {', '.join(files)}{' ...' if n > len(files) else ''}", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
-    from siattn.data import DataError, TokenDataset, prepare_dataset, unigram_entropy
+    from siattn.data import TokenDataset, prepare_dataset, unigram_entropy
 
     if args.data_command is None:
         args._data_parser.print_help()
         return 0
-    try:
-        if args.data_command == "prepare":
-            out = args.out or default_out_dir(args.source, args.tokenizer)
-            t0 = time.perf_counter()
-            manifest = prepare_dataset(args.source, out, tokenizer=args.tokenizer,
-                                       val_fraction=args.val_fraction, text_field=args.text_field,
-                                       max_bytes=args.max_bytes, seed=args.seed,
-                                       progress=not args.no_progress, overwrite=args.overwrite)
-            ds = TokenDataset(manifest.parent)
-            _print_summary(ds.summary())
-            print(f"manifest    {manifest} ({time.perf_counter() - t0:.1f} s)")
-            return 0
-        ds = TokenDataset(args.path, verify=args.verify)
-        summary = ds.summary()
-        entropy = {s: unigram_entropy(ds.split(s)) for s in ("train", "val") if len(ds.split(s))} \
-            if args.entropy else None
-        if args.json:
-            print(json.dumps(summary | ({"unigram_entropy": entropy} if entropy else {}), indent=1))
-        else:
-            _print_summary(summary, entropy)
-            if args.verify:
-                print("verified    every shard's size and sha256 match manifest.json")
+    if args.data_command == "prepare":
+        out = args.out or default_out_dir(args.source, args.tokenizer)
+        t0 = time.perf_counter()
+        manifest = prepare_dataset(args.source, out, tokenizer=args.tokenizer,
+                                   val_fraction=args.val_fraction, text_field=args.text_field,
+                                   max_bytes=args.max_bytes, seed=args.seed,
+                                   progress=not args.no_progress, overwrite=args.overwrite)
+        ds = TokenDataset(manifest.parent)
+        _print_notes(ds.manifest)
+        _print_summary(ds.summary())
+        print(f"manifest    {manifest} ({time.perf_counter() - t0:.1f} s)")
         return 0
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    ds = TokenDataset(args.path, verify=args.verify)
+    summary = ds.summary()
+    entropy = {s: unigram_entropy(ds.split(s)) for s in ("train", "val") if len(ds.split(s))} \
+        if args.entropy else None
+    if args.json:
+        print(json.dumps(summary | ({"unigram_entropy": entropy} if entropy else {}), indent=1))
+    else:
+        _print_summary(summary, entropy)
+        if args.verify:
+            print("verified    every shard's size and sha256 match manifest.json")
+    return 0

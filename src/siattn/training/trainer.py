@@ -103,13 +103,13 @@ class StopRequest:
 
 def open_dataset(config: TrainConfig, info: DistInfo, progress: bool = True, log: Callable = print) -> Any:
     """The run's TokenDataset; prepares ``config.data`` from ``config.data_source`` first when it is missing."""
-    from siattn.data import TokenDataset, prepare_dataset
+    from siattn.data import DataError, TokenDataset, prepare_dataset
 
     path = Path(config.data)
     if not path.exists():
         if not config.data_source:
-            raise FileNotFoundError(f"{path}: no such dataset; prepare one with `siattn data prepare SOURCE --out "
-                                    f"{path}` or pass --data-source to prepare it here")
+            raise DataError(f"--data {str(path)!r}: no such dataset folder; prepare one with `siattn data prepare "
+                            f"SOURCE --out {path}`, or pass --data-source SOURCE to prepare it there")
         if info.is_main:
             log(f"{path} does not exist: preparing it from {config.data_source!r} with tokenizer "
                 f"{config.tokenizer!r}")
@@ -304,6 +304,7 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
 
     # data
     ds = open_dataset(config, info, progress=progress and info.is_main, log=log)
+    config.data = str(Path(ds.path).resolve())  # checkpoints name the data wherever they are read from
     if ds.vocab_size != config.model.vocab_size:
         log(f"vocab_size {config.model.vocab_size} -> {ds.vocab_size} (the dataset's tokenizer)")
         config.model.vocab_size = ds.vocab_size
