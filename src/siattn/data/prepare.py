@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from glob import escape as glob_escape
 import os
 import shutil
 import sys
@@ -42,6 +41,7 @@ from siattn.data.tokenizer import (
     token_dtype,
     train_bpe,
 )
+from siattn.fileutil import remove_stale_temporaries
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 _BATCH_DOCS, _BATCH_BYTES = 1024, 8 << 20
@@ -195,7 +195,7 @@ def prepare_dataset(source: str, out_dir: str | Path, *, tokenizer: str = "bytes
         return found
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
+    remove_stale_temporaries(out_dir.parent, out_dir.name)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -214,28 +214,6 @@ def prepare_dataset(source: str, out_dir: str | Path, *, tokenizer: str = "bytes
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir / MANIFEST
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Delete ``.{name}.tmp-PID`` / ``.{name}.old-PID`` folders beside ``target`` whose process is gone (a run
-    killed while writing); folders of live processes stay. Returns what was removed."""
-    removed = []
-    for p in target.parent.glob(f".{glob_escape(target.name)}.*-*"):
-        kind, _, pid = p.name[len(target.name) + 2:].partition("-")
-        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:

@@ -356,7 +356,7 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
                     "tokens_per_step": config.tokens_per_step, "eval_lengths": lengths,
                     "eval_tokens_per_length": n_eval, "unigram_entropy_val": unigram,
                     "train_tokens": len(ds.train), "epochs": epochs, "torch": torch.__version__,
-                    "python": sys.version.split()[0], "data": str(ds.path)}
+                    "python": sys.version.split()[0], "data": config.data}
         write_json(run_dir / "config.json", resolved)
     log(f"{config.name}: {config.model.method}, {n_params / 1e6:.2f}M parameters, {config.steps} steps × "
         f"{config.batch_size} × {config.seq_len} tokens (micro-batch {micro}, accumulation {accum}, "
@@ -371,15 +371,19 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
     if extra_files:
         tok_info["file"] = tok_file.name  # relative to the checkpoint folder
 
+    written: list[int] = []  # with the resumed-from step, the run's line: retention prunes nothing else
+
     def save(step: int, last: dict[str, Any]) -> Path | None:
         path = None
         if info.is_main:
-            path = save_run_checkpoint(run_dir, step, keep=config.keep_checkpoints, model=raw_model,
+            written.append(step)
+            path = save_run_checkpoint(run_dir, step, keep=config.keep_checkpoints, base_step=start_step,
+                                       written=written, model=raw_model,
                                        config=config.model, optimizer=optimizer, train_config=config,
                                        loader_state=loader.state_dict(), metrics=last,
                                        extra={"train_seconds": train_seconds, "tokens_seen": tokens_seen,
                                               "world_size": info.world_size, "tokenizer": tok_info,
-                                              "data": str(ds.path)},
+                                              "data": config.data},
                                        extra_files=extra_files)
         barrier(info)
         return path
