@@ -15,7 +15,7 @@ def _qkv(b=1, h=2, hkv=2, tq=8, tk=8, d=16, dtype=torch.float64, grad=True):
 def test_chunked_double_backward_raises_instead_of_returning_zeros():
     q, k, v = _qkv()
     out = scale_invariant_attention(q, k, v, backend="chunked")
-    with pytest.raises(RuntimeError, match="second derivative.*backend='reference'"):
+    with pytest.raises(RuntimeError, match=r"second derivative.*backend='reference'"):
         (g,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
         torch.autograd.grad(g.square().sum(), (q, k, v), allow_unused=True)
 

@@ -4,6 +4,7 @@ mistyped dataset paths and dataset paths recorded in checkpoints."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ def all_document_bytes(ds: TokenDataset) -> list[bytes]:
     for split in ("train", "val"):
         ids = ds.split(split).get(0, len(ds.split(split)))
         cuts = [*np.flatnonzero(ids == ds.eod_id).tolist(), len(ids)]
-        docs += [bytes(ids[a + 1:b].astype(np.uint8).tolist()) for a, b in zip(cuts, cuts[1:])]
+        docs += [bytes(ids[a + 1:b].astype(np.uint8).tolist()) for a, b in itertools.pairwise(cuts)]
     return docs
 
 
