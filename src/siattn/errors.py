@@ -10,6 +10,8 @@ API and the command line raise the same messages.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -46,3 +48,22 @@ def check_float(name: str, value: Any, *, min: float | None = None, max: float |
     if max is not None and (value >= max if max_open else value > max):
         raise UsageError(f"{name} must be {'<' if max_open else '<='} {max:g}, got {value:g}")
     return value
+
+
+def check_output_folder(name: str, path: str | os.PathLike | None) -> None:
+    """Raise UsageError naming ``name`` unless ``path`` is a folder that exists and is writable or could be
+    created (its nearest existing ancestor is a writable folder). Creates nothing."""
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{name} {str(path)!r}: exists and is not a folder")
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{name} {str(path)!r}: cannot be created ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{name} {str(path)!r}: cannot write in {probe} (permission denied)")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from siattn.errors import UsageError, check_float, check_int
 from siattn.methods import get_method
 from siattn.precision import DTYPES
 
@@ -72,13 +73,16 @@ class GPTConfig:
         get_method(self.method)  # raises with the list of names
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_dim", "train_length"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_dim", "train_length",
+                     "vocab_multiple"):
+            check_int(name, getattr(self, name), min=1)
+        for name in ("mlp_ratio", "tau", "rope_theta", "p_rope_base"):
+            check_float(name, getattr(self, name), min=0.0, min_open=True)
+        check_float("p_rope_fraction", self.p_rope_fraction, min=0.0, max=1.0)
         if self.n_head % self.n_kv_head:
-            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+            raise UsageError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim must be even, got {self.head_dim}")
+            raise UsageError(f"head_dim must be even, got {self.head_dim}")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -145,10 +149,29 @@ class TrainConfig:
         self.eval_multipliers = tuple(int(m) for m in self.eval_multipliers)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.seq_len < 1 or self.batch_size < 1 or self.steps < 1:
-            raise ValueError("seq_len, batch_size and steps must be >= 1")
+        for name in ("seq_len", "batch_size", "steps", "eval_every", "eval_tokens", "eval_batch_tokens", "log_every",
+                     "ckpt_every"):
+            check_int(name, getattr(self, name), min=1)
+        for name in ("warmup_steps", "keep_checkpoints", "seed"):
+            check_int(name, getattr(self, name), min=0)
+        if self.micro_batch_size is not None:
+            check_int("micro_batch_size", self.micro_batch_size, min=1)
+        for name in ("lr_muon", "lr_embed", "lr_head", "lr_scalar", "weight_decay"):
+            check_float(name, getattr(self, name), min=0.0)
+        if self.grad_clip is not None:
+            check_float("grad_clip", self.grad_clip, min=0.0, min_open=True)
+        check_float("muon_momentum", self.muon_momentum, min=0.0, max=1.0, max_open=True)
+        check_float("adam_eps", self.adam_eps, min=0.0, min_open=True)
+        if len(self.adam_betas) != 2:
+            raise UsageError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        for beta in self.adam_betas:
+            check_float("adam_betas", beta, min=0.0, max=1.0, max_open=True)
+        if not self.eval_multipliers:
+            raise UsageError("eval_multipliers must name at least one multiple of seq_len, e.g. (1, 4, 16)")
+        for m in self.eval_multipliers:
+            check_int("eval_multipliers", m, min=1)
         if not 0.0 <= self.cooldown_frac <= 1.0:
-            raise ValueError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}")
+            raise UsageError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from siattn.recipes.argtypes import SEED, number
+
 HELP = "Prepare a tokenized dataset (built-in Python corpus, files, HF datasets, .bin shards) or describe it."
 
 SOURCES_HELP = """\
@@ -69,10 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default="bytes", help="bytes | bpe:N | hf:PATH (default: bytes)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: data_cache/<source>-<tokenizer>)")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="share of bytes held out (default: 0.05)")
+    p.add_argument("--val-fraction", type=number(min=0.0, max=1.0, max_open=True), default=0.05,
+                   help="share of bytes held out (default: 0.05)")
     p.add_argument("--text-field", default="text", help="JSONL field / column with the text (default: text)")
     p.add_argument("--max-bytes", type=_size, default=None, help="read at most this much text, e.g. 10M")
-    p.add_argument("--seed", type=int, default=0, help="salts the train/validation hash (default: 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="salts the train/validation hash (default: 0)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different dataset in the output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -120,12 +123,14 @@ def _print_notes(manifest: dict) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from siattn.data import TokenDataset, prepare_dataset, unigram_entropy
+    from siattn.errors import check_output_folder
 
     if args.data_command is None:
         args._data_parser.print_help()
         return 0
     if args.data_command == "prepare":
         out = args.out or default_out_dir(args.source, args.tokenizer)
+        check_output_folder("--out", out)
         t0 = time.perf_counter()
         manifest = prepare_dataset(args.source, out, tokenizer=args.tokenizer,
                                    val_fraction=args.val_fraction, text_field=args.text_field,
