@@ -270,7 +270,7 @@ def resolve_config(preset: str | TrainConfig = "cpu-tiny", **overrides: Any) -> 
     train_kw = {k: v for k, v in overrides.items() if k in TRAIN_FIELDS}
     if "data" in train_kw and "data_source" not in train_kw and not _same_path(train_kw["data"], preset.data):
         train_kw["data_source"] = None  # the preset's source is prepared at the preset's path only
-    seq_len = train_kw.get("seq_len", preset.seq_len)
+    seq_len = check_int("seq_len", train_kw.get("seq_len", preset.seq_len), min=1)  # before train_length follows
     if seq_len != preset.model.train_length:
         model_kw.setdefault("train_length", seq_len)
     if "train_length" in model_kw:

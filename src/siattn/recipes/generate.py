@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +52,12 @@ def checkpoint_tokenizer(folder: str | Path, extra: dict[str, Any], override: st
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from siattn.errors import UsageError
     from siattn.evaluation.common import resolve_device
     from siattn.model.checkpoint import load_checkpoint
 
     if (args.prompt is None) == (args.prompt_file is None):
-        print("give exactly one of --prompt and --prompt-file", file=sys.stderr)
-        return 2
+        raise UsageError("give exactly one of --prompt and --prompt-file")
     prompt = args.prompt if args.prompt is not None else args.prompt_file.read_text()
     device = resolve_device(args.device or "auto")
     model, config, extra = load_checkpoint(args.checkpoint, device, attn_backend=args.attn_backend)
