@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,7 +68,7 @@ def _theory_main(args: argparse.Namespace) -> int:
         cfg = TheoryConfig(samples=args.samples, max_n=args.max_n, seed=args.seed, tau=args.tau,
                            logn_s=args.logn_s)
     except ValueError as err:
-        print(f"siattn analyze theory: error: {err}", file=sys.stderr)
+        print(f"siattn analyze theory: error: {err}")
         return 2
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +172,7 @@ def _model_main(args: argparse.Namespace) -> int:
             (folder / "model.md").write_text(model_stats.to_markdown(results, title))
             everything.append(results)
     except (CheckpointError, DataError, ValueError) as err:
-        print(f"siattn analyze model: error: {err}", file=sys.stderr)
+        print(f"siattn analyze model: error: {err}")
         return 2
     figures = model_stats.plot_comparison(everything, out) if len(everything) > 1 else []
     summary = {"checkpoints": [r["checkpoint"] | {"details": f"{r['checkpoint']['label']}/model.json",
