@@ -118,6 +118,10 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_offset: in
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must have one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     batch, heads, _, dim = q.shape
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got q of shape {tuple(q.shape)}")
+    if dim < 1:
+        raise ValueError(f"head_dim must be >= 1, got q of shape {tuple(q.shape)}")
     if k.shape[0] != batch or v.shape[0] != batch:
         raise ValueError(f"batch sizes differ: q {batch}, k {k.shape[0]}, v {v.shape[0]}")
     if k.shape[3] != dim:

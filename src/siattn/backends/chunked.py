@@ -85,8 +85,10 @@ class _ChunkedAttention(torch.autograd.Function):
         return out.reshape(batch, heads, tq, dv).to(q.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative would silently come out zero
+            raise RuntimeError("the chunked attention backend has no second derivative (double backward, "
+                               "create_graph=True); use backend='reference' for higher-order gradients")
         q, k, v, out, lse = ctx.saved_tensors
         transform, q_offset, causal, scale, block_q, block_k = ctx.config
         batch, heads, tq, dim = q.shape

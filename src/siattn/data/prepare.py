@@ -41,6 +41,7 @@ from siattn.data.tokenizer import (
     token_dtype,
     train_bpe,
 )
+from siattn.fileutil import remove_stale_temporaries
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 _BATCH_DOCS, _BATCH_BYTES = 1024, 8 << 20
@@ -58,16 +59,22 @@ def split_score(doc: bytes, seed: int) -> float:
     return int.from_bytes(h[:8], "little") / 2.0**64
 
 
-def _documents(src: FileSource | HFSource, max_bytes: int | None) -> Iterator[str]:
-    """The source's non-empty documents, stopping (and cutting the last one) at ``max_bytes`` UTF-8 bytes."""
+def _utf8(doc: str | bytes) -> bytes:
+    return doc if isinstance(doc, bytes) else doc.encode("utf-8")
+
+
+def _documents(src: FileSource | HFSource, max_bytes: int | None, raw: bool = False) -> Iterator[str | bytes]:
+    """The source's non-empty documents, stopping (and cutting the last one) at ``max_bytes`` UTF-8 bytes.
+    ``raw``: plain-text files come as their exact bytes (for the bytes tokenizer; see FileSource.documents)."""
     left = max_bytes
-    for doc in src.documents():
+    docs = src.documents(raw=True) if raw and isinstance(src, FileSource) else src.documents()
+    for doc in docs:
         if not doc:
             continue
         if left is not None:
-            data = doc.encode("utf-8")
+            data = _utf8(doc)
             if len(data) >= left:
-                doc = data[:left].decode("utf-8", errors="ignore")
+                doc = data[:left] if isinstance(doc, bytes) else data[:left].decode("utf-8", errors="ignore")
                 if doc:
                     yield doc
                 return
@@ -188,6 +195,7 @@ def prepare_dataset(source: str, out_dir: str | Path, *, tokenizer: str = "bytes
         return found
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir.parent, out_dir.name)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -226,8 +234,9 @@ def _build_from_documents(src: FileSource | HFSource, tok_spec: str, tok: Tokeni
     totals = [t for t in (src.size_hint, max_bytes) if t]
     bar = tqdm(total=min(totals) if totals else None, unit="B", unit_scale=True,
                desc="scan", disable=not progress)
-    for doc in _documents(src, max_bytes):
-        data = doc.encode("utf-8")
+    raw = tok_spec == "bytes"  # the bytes tokenizer keeps every byte of a file, valid UTF-8 or not
+    for doc in _documents(src, max_bytes, raw):
+        data = _utf8(doc)
         scores.append(split_score(data, seed))
         sizes.append(len(data))
         bar.update(len(data))
@@ -254,7 +263,7 @@ def _build_from_documents(src: FileSource | HFSource, tok_spec: str, tok: Tokeni
     stats = {s: {"documents": 0, "bytes": 0} for s in writers}
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenize ({tok.spec})",
                disable=not progress)
-    batch: list[str] = []
+    batch: list[str | bytes] = []
     batch_split: list[str] = []
     batch_bytes = 0
 
@@ -271,9 +280,9 @@ def _build_from_documents(src: FileSource | HFSource, tok_spec: str, tok: Tokeni
                 writers[split].add(arr)
         bar.update(batch_bytes)
 
-    for doc, v in zip(_documents(src, max_bytes), is_val):
+    for doc, v in zip(_documents(src, max_bytes, raw), is_val):
         split = "val" if v else "train"
-        n = len(doc.encode("utf-8"))
+        n = len(_utf8(doc))
         stats[split]["documents"] += 1
         stats[split]["bytes"] += n
         batch.append(doc)
@@ -296,7 +305,8 @@ def _build_from_documents(src: FileSource | HFSource, tok_spec: str, tok: Tokeni
                   "val_fraction": val_fraction, "seed": seed},
         "order": "source order within each split (files sorted by path); each document is preceded by eod_id",
         "stats": {"documents": len(sizes), "bytes": total_bytes, "max_bytes": max_bytes,
-                  "decode_errors": getattr(src, "decode_errors", 0)},
+                  "decode_errors": getattr(src, "decode_errors", 0),
+                  "decode_error_files": list(getattr(src, "decode_error_files", []))},
         "splits": splits,
     }
 

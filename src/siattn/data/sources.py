@@ -21,9 +21,10 @@ import hashlib
 import json
 import os
 import site
+import stat
 import sys
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ PARQUET_SUFFIXES = (".parquet",)
 DOC_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 _SITE_DIRS = frozenset({"site-packages", "dist-packages"})
+MAX_LISTED_ERRORS = 5  # files named in the manifest and the prepare output for decoding errors
 
 
 @dataclass
@@ -57,7 +59,9 @@ class FileSource:
     rel_paths: list[tuple[int, str]]
     text_field: str = "text"
     extra: dict[str, Any] = field(default_factory=dict)
-    decode_errors: int = 0
+    skipped: list[str] = field(default_factory=list)  # not regular files (FIFOs, sockets, devices): not read
+    decode_errors: int = 0  # documents that were not valid UTF-8 (in text mode)
+    decode_error_files: list[str] = field(default_factory=list)  # the first few of their files
     _entries: list[FileEntry] | None = None
 
     def entries(self) -> list[FileEntry]:
@@ -86,29 +90,48 @@ class FileSource:
                  for e in entries]
         return {"kind": self.kind, "roots": [str(r) for r in self.roots], **self.extra,
                 "n_files": len(entries), "bytes": sum(e.bytes for e in entries),
-                "digest": digest.hexdigest(), "files": files}
+                "digest": digest.hexdigest(), "files": files} | ({"skipped": self.skipped} if self.skipped else {})
 
-    def documents(self) -> Iterator[str]:
+    def documents(self, *, raw: bool = False) -> Iterator[str | bytes]:
+        """The documents in order. ``raw``: plain-text files come as their bytes, untouched (for the bytes
+        tokenizer); otherwise as text, with invalid UTF-8 replaced by U+FFFD and counted in ``decode_errors``
+        (the first files in ``decode_error_files``). JSONL and Parquet rows are always text."""
         self.decode_errors = 0
+        self.decode_error_files = []
         for root, rel in self.rel_paths:
             path = self.roots[root] / rel
             suffix = path.suffix.lower()
             if suffix in JSONL_SUFFIXES:
-                yield from _jsonl_documents(path, self.text_field)
+                yield from _jsonl_documents(path, self.text_field, self._decode_error(rel))
             elif suffix in PARQUET_SUFFIXES:
                 yield from _parquet_documents(path, self.text_field)
             else:
                 data = path.read_bytes()
+                if raw:
+                    yield data
+                    continue
                 try:
                     yield data.decode("utf-8")
                 except UnicodeDecodeError:
-                    self.decode_errors += 1
+                    self._decode_error(rel)()
                     yield data.decode("utf-8", errors="replace")
 
+    def _decode_error(self, rel: str) -> Callable[[], None]:
+        def count() -> None:
+            self.decode_errors += 1
+            if len(self.decode_error_files) < MAX_LISTED_ERRORS and rel not in self.decode_error_files:
+                self.decode_error_files.append(rel)
+        return count
 
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+
+def _jsonl_documents(path: Path, text_field: str, on_decode_error: Callable[[], None]) -> Iterator[str]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                on_decode_error()
+                line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 continue
             try:
@@ -141,15 +164,30 @@ def _as_text(value: Any, where: str) -> str:
     return value
 
 
+def _is_regular(path: Path) -> bool:
+    """A regular file (following symlinks): FIFOs, sockets and devices would block or never end when read."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def _walk_sorted(root: Path, *, suffixes: tuple[str, ...], skip_dirs: frozenset[str] = frozenset(),
-                 skip_hidden: bool = True) -> list[str]:
+                 skip_hidden: bool = True, skipped: list[str] | None = None) -> list[str]:
+    """Matching regular files under ``root`` (relative POSIX paths, sorted); others are added to ``skipped``."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in skip_dirs and d != "__pycache__"
                        and not (skip_hidden and d.startswith("."))]
         for name in filenames:
             if name.lower().endswith(suffixes) and not (skip_hidden and name.startswith(".")):
-                out.append(Path(dirpath, name).relative_to(root).as_posix())
+                rel = Path(dirpath, name).relative_to(root).as_posix()
+                if _is_regular(Path(dirpath, name)):
+                    out.append(rel)
+                elif skipped is not None:
+                    skipped.append(rel)
+    if skipped is not None:
+        skipped.sort()
     return sorted(out)
 
 
@@ -190,10 +228,13 @@ def local_source(spec: str, text_field: str) -> FileSource:
         return FileSource("files", [path.parent.resolve()], [(0, path.name)], text_field)
     if path.is_dir():
         root = path.resolve()
-        rels = _walk_sorted(root, suffixes=DOC_SUFFIXES)
+        skipped: list[str] = []
+        rels = _walk_sorted(root, suffixes=DOC_SUFFIXES, skipped=skipped)
         if not rels:
             raise DataError(f"{path}: no {' '.join(DOC_SUFFIXES)} files in this folder")
-        return FileSource("files", [root], [(0, r) for r in rels], text_field)
+        return FileSource("files", [root], [(0, r) for r in rels], text_field, skipped=skipped)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"source {spec!r} is not a regular file (a FIFO, socket or device cannot be read)")
     matches = sorted(Path(m).resolve() for m in _glob.glob(spec, recursive=True) if Path(m).is_file())
     if not matches:
         raise DataError(f"source {spec!r}: no such file, folder or glob match")

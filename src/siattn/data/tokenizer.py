@@ -70,8 +70,9 @@ class BytesTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8) for t in texts]
+    def encode_batch(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
+        """Texts as UTF-8 bytes; ``bytes`` documents are taken as they are (every byte kept)."""
+        return [np.frombuffer(t if isinstance(t, bytes) else t.encode("utf-8"), dtype=np.uint8) for t in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
         out, run = [], bytearray()

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from siattn.errors import check_int
 from siattn.evaluation.cities import CITIES
 from siattn.precision import amp_dtype, autocast
 
@@ -374,6 +375,8 @@ def evaluate_length(model: nn.Module, task: RetrievalTask, length: int, trials: 
     """``trials`` examples at ``length``, each decoded greedily for len(answer) + ``margin`` tokens and scored
     (decode in bfloat16 by passing :func:`decoding_model`'s copy), and its :func:`answer_loss`. Returns
     :func:`summarise`'s numbers and the per-trial ``records`` (output text, depths, scores, answer loss)."""
+    check_int("trials", trials, min=1)
+    check_int("margin", margin, min=0)
     records = []
     for trial in tqdm(range(trials), desc=f"{task.name}@{length}", unit="trial", disable=not progress,
                       leave=False):
@@ -397,6 +400,7 @@ def evaluate_retrieval(model: nn.Module, task: RetrievalTask, lengths: Sequence[
                        **kwargs: Any) -> dict[int, dict[str, Any]]:
     """:func:`evaluate_length` at every length not already in ``done`` (finished cells are kept, not redone);
     ``on_result(length, result)`` runs after each new length (to save progress)."""
+    check_int("trials", trials, min=1)
     results = dict(done or {})
     for length in lengths:
         if length in results:

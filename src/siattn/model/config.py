@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from siattn.errors import UsageError, check_float, check_int
 from siattn.methods import get_method
 
 
@@ -51,13 +52,16 @@ class GPTConfig:
         get_method(self.method)  # raises with the list of names
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_dim", "train_length"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_dim", "train_length",
+                     "vocab_multiple"):
+            check_int(name, getattr(self, name), min=1)
+        for name in ("mlp_ratio", "tau", "rope_theta", "p_rope_base"):
+            check_float(name, getattr(self, name), min=0.0, min_open=True)
+        check_float("p_rope_fraction", self.p_rope_fraction, min=0.0, max=1.0)
         if self.n_head % self.n_kv_head:
-            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+            raise UsageError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim must be even, got {self.head_dim}")
+            raise UsageError(f"head_dim must be even, got {self.head_dim}")
 
     @property
     def padded_vocab_size(self) -> int:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from siattn.errors import check_float, check_int
 from siattn.functional import attention
 from siattn.methods import get_method
 from siattn.model.config import GPTConfig
@@ -214,6 +215,10 @@ class GPT(nn.Module):
         has produced ``eod_id``. Returns (B, T + n) ids, and with ``return_logits`` also the (B, n, vocab)
         float32 logits each new token was drawn from.
         """
+        check_int("max_new_tokens", max_new_tokens, min=0)
+        check_float("temperature", temperature, min=0.0)
+        if top_k is not None:
+            check_int("top_k", top_k, min=1)
         B, T = idx.shape
         context_length = T + max_new_tokens
         cache = KVCache(self.config, B, context_length, idx.device)

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from siattn.recipes.argtypes import NONNEGATIVE_INT, POSITIVE, SEED
+
 HELP = ("Attention statistics: entropy, range entropy and recent-token mass for IID Gaussian logits (theory) "
         "and for trained models' attention logits (model).")
 
@@ -25,6 +27,8 @@ def _count(text: str) -> int:
     value = float(text)
     if value != int(value):
         raise argparse.ArgumentTypeError(f"expected an integer, got {text}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return int(value)
 
 
@@ -39,9 +43,9 @@ def _add_theory_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-n", type=_count, default=d.max_n,
                    help="largest number of keys N (at 1e6: ~0.5 GB, ~100 CPU-seconds; "
                    "time ∝ samples · max_n)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the torch generator")
-    p.add_argument("--tau", type=float, default=d.tau, help="τ of the scale-invariant schedule")
-    p.add_argument("--logn-s", type=float, default=d.logn_s, help="s of the LogN scheme, logits × s·log N")
+    p.add_argument("--seed", type=SEED, default=d.seed, help="seed of the torch generator")
+    p.add_argument("--tau", type=POSITIVE, default=d.tau, help="τ of the scale-invariant schedule")
+    p.add_argument("--logn-s", type=POSITIVE, default=d.logn_s, help="s of the LogN scheme, logits × s·log N")
 
 
 def _finite(obj):
@@ -64,7 +68,7 @@ def _theory_main(args: argparse.Namespace) -> int:
         cfg = TheoryConfig(samples=args.samples, max_n=args.max_n, seed=args.seed, tau=args.tau,
                            logn_s=args.logn_s)
     except ValueError as err:
-        print(f"siattn analyze theory: {err}")
+        print(f"siattn analyze theory: error: {err}")
         return 2
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -119,11 +123,11 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=_count, default=d.queries,
                    help="random query rows per window, from its last tenth (N large)")
     p.add_argument("--windows", type=_count, default=d.windows, help="validation windows (one forward each)")
-    p.add_argument("--layers", type=int, nargs="+", default=None, metavar="L",
+    p.add_argument("--layers", type=NONNEGATIVE_INT, nargs="+", default=None, metavar="L",
                    help="layers to analyse, negative from the end (None: all)")
     p.add_argument("--out", type=Path, default=Path("results/analysis-model"),
                    help="output folder: model.json, model.md, a folder of figures per checkpoint")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the query-row and QQ sampling")
+    p.add_argument("--seed", type=SEED, default=d.seed, help="seed of the query-row and QQ sampling")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
 
 
@@ -168,7 +172,7 @@ def _model_main(args: argparse.Namespace) -> int:
             (folder / "model.md").write_text(model_report.to_markdown(results, title))
             everything.append(results)
     except (CheckpointError, DataError, ValueError) as err:
-        print(f"siattn analyze model: {err}")
+        print(f"siattn analyze model: error: {err}")
         return 2
     figures = model_report.plot_comparison(everything, out) if len(everything) > 1 else []
     summary = {"checkpoints": [r["checkpoint"] | {"details": f"{r['checkpoint']['label']}/model.json",
@@ -209,4 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from siattn.errors import check_output_folder
+
+    check_output_folder("--out", getattr(args, "out", None))
     return int(args._analysis(args) or 0)

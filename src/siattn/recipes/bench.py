@@ -29,6 +29,7 @@ from pathlib import Path
 from siattn.benchmarking.cpu import reference_bytes, run_case_subprocess
 from siattn.benchmarking.cuda import add_ratios, copy_bandwidth, sdpa_default_kernels, time_decode, time_prefill
 from siattn.benchmarking.environment import versions
+from siattn.recipes.argtypes import NONNEGATIVE_INT, POSITIVE, POSITIVE_INT
 
 HELP = "Benchmark the attention backends (CUDA: Triton vs SDPA vs FlexAttention; CPU: reference/chunked/flex)."
 
@@ -47,6 +48,8 @@ def _ints(text: str) -> list[int]:
             continue
         mult = 1024 if part.endswith("k") else 1
         out.append(int(float(part.rstrip("k")) * mult))
+        if out[-1] < 1:
+            raise argparse.ArgumentTypeError(f"lengths must be >= 1, got {text!r}")
     return out
 
 
@@ -56,6 +59,8 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     for part in text.replace("×", "x").split(","):
         t, b = part.split("x")
         sizes.append((_ints(t)[0], int(b)))
+        if sizes[-1][1] < 1:
+            raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
     return sizes
 
 
@@ -66,10 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--md", type=Path, default=None, help="write a Markdown table here")
-    p.add_argument("--heads", type=int, default=None, help="query heads (default 6 on CUDA, 4 on CPU)")
-    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: = heads)")
-    p.add_argument("--head-dim", type=int, default=None, help="head dim (default 128 on CUDA, 64 on CPU)")
-    p.add_argument("--tau", type=float, default=10.0, help="τ of the scale-invariant transform")
+    p.add_argument("--heads", type=POSITIVE_INT, default=None, help="query heads (default 6 on CUDA, 4 on CPU)")
+    p.add_argument("--kv-heads", type=POSITIVE_INT, default=None, help="key/value heads (default: = heads)")
+    p.add_argument("--head-dim", type=POSITIVE_INT, default=None, help="head dim (default 128 on CUDA, 64 on CPU)")
+    p.add_argument("--tau", type=POSITIVE, default=10.0, help="τ of the scale-invariant transform")
     p.add_argument("--backward", action=argparse.BooleanOptionalAction, default=True,
                    help="also time forward+backward")
     # CUDA
@@ -79,19 +84,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"CUDA backends to compare, from {CUDA_BACKENDS + EXTRA_BACKENDS}")
     p.add_argument("--decode-lengths", type=_ints, default=list(DECODE_LENGTHS),
                    help="KV-cache lengths for the decoding benchmark (empty string: skip)")
-    p.add_argument("--decode-batch", type=int, default=1, help="batch of the decoding benchmark")
+    p.add_argument("--decode-batch", type=POSITIVE_INT, default=1, help="batch of the decoding benchmark")
     p.add_argument("--autotune", action=argparse.BooleanOptionalAction, default=True,
                    help="let the Triton backend time its candidate tile configurations first")
-    p.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per measurement (ms)")
+    p.add_argument("--rep-ms", type=POSITIVE_INT, default=200, help="do_bench repetition time per measurement (ms)")
     # CPU
     p.add_argument("--lengths", type=_ints, default=list(CPU_LENGTHS), help="CPU sequence lengths")
     p.add_argument("--cpu-backends", default="reference,chunked,flex", help="CPU backends")
-    p.add_argument("--backward-max-length", type=int, default=16384,
+    p.add_argument("--backward-max-length", type=NONNEGATIVE_INT, default=16384,
                    help="CPU: time forward+backward only up to this length")
-    p.add_argument("--memory-cap-gb", type=float, default=4.0,
+    p.add_argument("--memory-cap-gb", type=POSITIVE, default=4.0,
                    help="CPU: skip the reference backend where its score matrices would pass this")
-    p.add_argument("--repeats", type=int, default=3, help="CPU: timed calls per case (median)")
-    p.add_argument("--timeout-s", type=float, default=1800.0, help="CPU: give up on one case after this")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="CPU: timed calls per case (median)")
+    p.add_argument("--timeout-s", type=POSITIVE, default=1800.0, help="CPU: give up on one case after this")
     p.set_defaults(_bench_main=_attention_main)
 
 
@@ -115,6 +120,10 @@ def _write(args, result: dict, markdown: str) -> None:
 
 
 def _attention_main(args: argparse.Namespace) -> int:
+    from siattn.errors import check_output_folder
+
+    for flag, path in (("--out", args.out), ("--md", args.md)):
+        check_output_folder(flag, None if path is None else Path(path).parent)
     if args.device == "cuda":
         result = run_cuda(args)
         _write(args, result, cuda_markdown(result))

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from siattn.recipes.argtypes import SEED, number
+
 HELP = "Prepare a tokenized dataset (built-in Python corpus, files, HF datasets, .bin shards) or describe it."
 
 SOURCES_HELP = """\
@@ -69,10 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default="bytes", help="bytes | bpe:N | hf:PATH (default: bytes)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: data_cache/<source>-<tokenizer>)")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="share of bytes held out (default: 0.05)")
+    p.add_argument("--val-fraction", type=number(min=0.0, max=1.0, max_open=True), default=0.05,
+                   help="share of bytes held out (default: 0.05)")
     p.add_argument("--text-field", default="text", help="JSONL field / column with the text (default: text)")
     p.add_argument("--max-bytes", type=_size, default=None, help="read at most this much text, e.g. 10M")
-    p.add_argument("--seed", type=int, default=0, help="salts the train/validation hash (default: 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="salts the train/validation hash (default: 0)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different dataset in the output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -102,35 +105,50 @@ def _print_summary(summary: dict, entropy: dict[str, float] | None = None) -> No
               f"{info['shards']} shard(s){ent}")
 
 
+def _print_notes(manifest: dict) -> None:
+    """What a prepared dataset left out or changed: non-regular files skipped, text that was not UTF-8."""
+    skipped = manifest.get("source", {}).get("skipped") or []
+    if skipped:
+        print(f"note: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that "
+              f"{'is' if len(skipped) == 1 else 'are'} not a regular file (FIFO, socket, device): "
+              f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+    stats = manifest.get("stats", {})
+    n = stats.get("decode_errors") or 0
+    if n:
+        files = stats.get("decode_error_files") or []
+        print(f"note: {n} file{'' if n == 1 else 's'} (or JSONL line{'' if n == 1 else 's'}) not valid UTF-8; the "
+              f"{manifest['tokenizer'].get('spec')} tokenizer read U+FFFD for the undecodable bytes (the bytes "
+              f"tokenizer keeps every byte): {', '.join(files)}{' ...' if n > len(files) else ''}", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
-    from siattn.data import DataError, TokenDataset, prepare_dataset, unigram_entropy
+    from siattn.data import TokenDataset, prepare_dataset, unigram_entropy
+    from siattn.errors import check_output_folder
 
     if args.data_command is None:
         args._data_parser.print_help()
         return 0
-    try:
-        if args.data_command == "prepare":
-            out = args.out or default_out_dir(args.source, args.tokenizer)
-            t0 = time.perf_counter()
-            manifest = prepare_dataset(args.source, out, tokenizer=args.tokenizer,
-                                       val_fraction=args.val_fraction, text_field=args.text_field,
-                                       max_bytes=args.max_bytes, seed=args.seed,
-                                       progress=not args.no_progress, overwrite=args.overwrite)
-            ds = TokenDataset(manifest.parent)
-            _print_summary(ds.summary())
-            print(f"manifest    {manifest} ({time.perf_counter() - t0:.1f} s)")
-            return 0
-        ds = TokenDataset(args.path, verify=args.verify)
-        summary = ds.summary()
-        entropy = {s: unigram_entropy(ds.split(s)) for s in ("train", "val") if len(ds.split(s))} \
-            if args.entropy else None
-        if args.json:
-            print(json.dumps(summary | ({"unigram_entropy": entropy} if entropy else {}), indent=1))
-        else:
-            _print_summary(summary, entropy)
-            if args.verify:
-                print("verified    every shard's size and sha256 match manifest.json")
+    if args.data_command == "prepare":
+        out = args.out or default_out_dir(args.source, args.tokenizer)
+        check_output_folder("--out", out)
+        t0 = time.perf_counter()
+        manifest = prepare_dataset(args.source, out, tokenizer=args.tokenizer,
+                                   val_fraction=args.val_fraction, text_field=args.text_field,
+                                   max_bytes=args.max_bytes, seed=args.seed,
+                                   progress=not args.no_progress, overwrite=args.overwrite)
+        ds = TokenDataset(manifest.parent)
+        _print_notes(ds.manifest)
+        _print_summary(ds.summary())
+        print(f"manifest    {manifest} ({time.perf_counter() - t0:.1f} s)")
         return 0
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    ds = TokenDataset(args.path, verify=args.verify)
+    summary = ds.summary()
+    entropy = {s: unigram_entropy(ds.split(s)) for s in ("train", "val") if len(ds.split(s))} \
+        if args.entropy else None
+    if args.json:
+        print(json.dumps(summary | ({"unigram_entropy": entropy} if entropy else {}), indent=1))
+    else:
+        _print_summary(summary, entropy)
+        if args.verify:
+            print("verified    every shard's size and sha256 match manifest.json")
+    return 0

@@ -23,6 +23,7 @@ from siattn.evaluation.checkpoints import load_checkpoints, open_validation_data
 from siattn.evaluation.lengths import DEFAULT_MULTIPLIERS, eval_lengths, length_label
 from siattn.io import command_line, markdown_table, read_json, write_json
 from siattn.precision import DTYPES
+from siattn.recipes.argtypes import POSITIVE_INT
 
 HELP = "Validation loss at 1×, 4×, 16× the training length (and by position) for one or more checkpoints."
 DEFAULT_TOKENS = 1 << 20
@@ -36,9 +37,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="one name per checkpoint for tables and plots (default: the method, made unique)")
     p.add_argument("--data", metavar="PATH",
                    help="prepared dataset folder (default: the one each checkpoint was trained on)")
-    p.add_argument("--multipliers", type=int, nargs="+", default=list(DEFAULT_MULTIPLIERS), metavar="M",
+    p.add_argument("--multipliers", type=POSITIVE_INT, nargs="+", default=list(DEFAULT_MULTIPLIERS), metavar="M",
                    help="evaluation lengths as multiples of each checkpoint's training length")
-    p.add_argument("--lengths", type=int, nargs="+", metavar="T",
+    p.add_argument("--lengths", type=POSITIVE_INT, nargs="+", metavar="T",
                    help="evaluation lengths in tokens (override --multipliers)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=DTYPES,
@@ -56,17 +57,17 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--tokens", type=int, default=None,
+    p.add_argument("--tokens", type=POSITIVE_INT, default=None,
                    help="scored tokens per length, the same at every length (rounded down to a multiple of "
                         "every length; default: the smallest eval_tokens of the checkpoints, else "
                         f"{DEFAULT_TOKENS})")
-    p.add_argument("--batch-tokens", type=int, default=None,
+    p.add_argument("--batch-tokens", type=POSITIVE_INT, default=None,
                    help="tokens per forward: windows per batch = max(1, batch_tokens // length) (default: "
                         "the checkpoints' eval_batch_tokens; 0: one window at a time)")
-    p.add_argument("--head-chunk", type=int, default=None,
+    p.add_argument("--head-chunk", type=POSITIVE_INT, default=None,
                    help="tokens per slice of the output head (default: slice only when the logits are large; "
                         "0: never)")
-    p.add_argument("--bins-per-decade", type=int, default=10,
+    p.add_argument("--bins-per-decade", type=POSITIVE_INT, default=10,
                    help="log-spaced position bins per factor of 10")
     p.add_argument("--out", default="results/eval", help="output folder")
 
@@ -142,8 +143,10 @@ def write_reports(out: Path, result: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     import siattn
+    from siattn.errors import check_output_folder
     from siattn.evaluation.loss_by_length import loss_at_length, scored_tokens
 
+    check_output_folder("--out", args.out)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)

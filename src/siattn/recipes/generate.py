@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from siattn.recipes.argtypes import NONNEGATIVE, NONNEGATIVE_INT, POSITIVE_INT, SEED
 
 HELP = "Generate text from a trained checkpoint (greedy or temperature/top-k sampling, KV cache)."
 
@@ -16,12 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint folder, or a run folder (its newest checkpoint)")
     parser.add_argument("--prompt", default=None, help="text to continue")
     parser.add_argument("--prompt-file", type=Path, default=None, help="read the prompt from a file")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    parser.add_argument("--max-new-tokens", type=NONNEGATIVE_INT, default=200)
+    parser.add_argument("--temperature", type=NONNEGATIVE, default=0.8, help="0 means greedy")
     parser.add_argument("--greedy", action="store_true", help="same as --temperature 0")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top-k", type=POSITIVE_INT, default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--num-samples", type=POSITIVE_INT, default=1)
+    parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--tokenizer", default=None,
                         help="override the checkpoint's tokenizer (spec or prepared dataset folder)")
@@ -51,12 +52,12 @@ def checkpoint_tokenizer(folder: str | Path, extra: dict[str, Any], override: st
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from siattn.errors import UsageError
     from siattn.evaluation.checkpoints import resolve_device
     from siattn.training.checkpointing import load_checkpoint
 
     if (args.prompt is None) == (args.prompt_file is None):
-        print("give exactly one of --prompt and --prompt-file", file=sys.stderr)
-        return 2
+        raise UsageError("give exactly one of --prompt and --prompt-file")
     prompt = args.prompt if args.prompt is not None else args.prompt_file.read_text()
     device = resolve_device(args.device or "auto")
     model, config, extra = load_checkpoint(args.checkpoint, device, attn_backend=args.attn_backend)

@@ -24,6 +24,7 @@ from typing import Any
 from siattn.evaluation.checkpoints import Checkpoint, load_checkpoints, open_validation_data, resolve_device
 from siattn.evaluation.lengths import eval_lengths, length_label
 from siattn.io import command_line, markdown_table, read_json, write_json
+from siattn.recipes.argtypes import NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED
 from siattn.recipes.evaluate import add_model_arguments
 
 HELP = "Needle-in-a-haystack or passkey retrieval: accuracy by context length and needle depth."
@@ -38,24 +39,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", metavar="SPEC",
                    help="tokenizer to write the prompts with (default: the dataset's); needed when the "
                         "dataset holds bare ids, e.g. hf:/path/to/gpt2/tokenizer.json")
-    p.add_argument("--trials", type=int, default=None,
+    p.add_argument("--trials", type=POSITIVE_INT, default=None,
                    help="examples per length (default: 100 needle, 50 passkey)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the examples and the fine-tuning data")
+    p.add_argument("--seed", type=SEED, default=0, help="seeds the examples and the fine-tuning data")
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=None,
                    help="fine-tune before evaluating (default: yes for needle, no for passkey)")
     p.add_argument("--zero-shot", action=argparse.BooleanOptionalAction, default=None,
                    help="also evaluate before fine-tuning (default: no for needle, yes for passkey)")
-    p.add_argument("--warmup", type=int, default=100, help="fine-tuning: linear warm-up steps")
-    p.add_argument("--constant", type=int, default=100, help="fine-tuning: constant-lr steps")
-    p.add_argument("--decay", type=int, default=100, help="fine-tuning: steps of linear decay to 0")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--warmup", type=NONNEGATIVE_INT, default=100, help="fine-tuning: linear warm-up steps")
+    p.add_argument("--constant", type=NONNEGATIVE_INT, default=100, help="fine-tuning: constant-lr steps")
+    p.add_argument("--decay", type=NONNEGATIVE_INT, default=100, help="fine-tuning: steps of linear decay to 0")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=None,
                    help="fine-tuning sequences per step (default: the checkpoint's training batch size)")
-    p.add_argument("--micro-batch-size", type=int, default=None,
+    p.add_argument("--micro-batch-size", type=POSITIVE_INT, default=None,
                    help="sequences per forward (default: the checkpoint's, else the batch size)")
-    p.add_argument("--lr-scale", type=float, default=1.0,
+    p.add_argument("--lr-scale", type=POSITIVE, default=1.0,
                    help="multiplies every learning rate of the checkpoint's training configuration")
-    p.add_argument("--margin", type=int, default=2, help="tokens decoded beyond the answer's length")
-    p.add_argument("--depth-bins", type=int, default=10, help="rows of the depth × length heat map")
+    p.add_argument("--margin", type=NONNEGATIVE_INT, default=2, help="tokens decoded beyond the answer's length")
+    p.add_argument("--depth-bins", type=POSITIVE_INT, default=10, help="rows of the depth × length heat map")
     p.add_argument("--save-finetuned", action="store_true",
                    help="save the fine-tuned weights under OUT/finetuned-{task}/{label} (reused on resume)")
     p.add_argument("--out", default=None, help="output folder (default: results/{task})")
@@ -152,11 +153,13 @@ def run_stage(args: argparse.Namespace, stage: str, model: Any, *, ckpt: Checkpo
 def main(args: argparse.Namespace) -> int:
     import siattn
     from siattn.data import load_tokenizer
+    from siattn.errors import check_output_folder
     from siattn.evaluation.needle import finetune
     from siattn.training import TrainConfig, load_checkpoint, save_checkpoint
 
+    check_output_folder("--out", args.out)
     task_name = args.task
-    args.trials = args.trials or DEFAULT_TRIALS[task_name]
+    args.trials = DEFAULT_TRIALS[task_name] if args.trials is None else args.trials
     do_finetune = args.finetune if args.finetune is not None else task_name == "needle"
     zero_shot = args.zero_shot if args.zero_shot is not None else task_name == "passkey"
     if not (do_finetune or zero_shot):

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from siattn.recipes.argtypes import POSITIVE_INT
+
 HELP = "Train the GPT with any attention method (presets from 2 CPU cores to the paper's 162M/304M models)."
 
 # the plain overrides: CLI flags named as the config fields they set (None = not given)
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="also write the metrics as TensorBoard events in RUN/tensorboard "
                         "(needs pip install 'siattn[tensorboard]')")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch CPU threads (default: torch's choice)")
     g = parser.add_argument_group("data")
     g.add_argument("--data", default=None, help="prepared dataset folder (or folder of .bin shards)")
     g.add_argument("--data-source", default=None,
@@ -111,6 +113,7 @@ def _print_presets() -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from siattn.errors import UsageError, check_output_folder
     from siattn.training.config import resolve_config
     from siattn.training.distributed import cleanup_distributed, init_distributed
     from siattn.training.trainer import RESUMABLE_OVERRIDES, find_checkpoint, resume_config, train
@@ -121,7 +124,14 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {name: getattr(args, name) for name in OVERRIDES}
-    config = resolve_config(args.preset, **overrides)
+    try:
+        config = resolve_config(args.preset, **overrides)
+    except UsageError as err:  # name the flag that set the field: "steps must be ..." -> "--steps must be ..."
+        name = str(err).split(" ", 1)[0]
+        if name not in OVERRIDES:
+            raise
+        raise UsageError("--" + name.replace("_", "-") + str(err)[len(name):]) from None
+    check_output_folder("--out", config.run_dir)
     resume = None
     if args.resume is not None:
         resume = Path(config.run_dir) if args.resume == "auto" else Path(args.resume)

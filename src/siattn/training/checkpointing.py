@@ -10,7 +10,9 @@
 
 Writing: everything goes into a hidden temporary folder beside the target, each file is fsync'ed, then the
 folder is renamed into place (os.replace) and LATEST is replaced the same way; a crash at any moment leaves the
-previous checkpoint readable. Reading checks the marker, the sizes and the hashes, and raises
+previous checkpoint readable. A failed write (a full disk) removes its temporary folder; those of a killed
+process are removed by the next save. Pruning keeps the newest ``keep`` checkpoints of the run's own line that
+verify, so the last good checkpoint is never deleted. Reading checks the marker, the sizes and the hashes, and raises
 :class:`CheckpointError` saying what is wrong instead of returning garbage.
 """
 
@@ -21,6 +23,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from siattn.data.tokenizer import sha256_file
+from siattn.fileutil import remove_stale_temporaries, temporary_name
 from siattn.methods import evaluation_method
 from siattn.model import GPT, GPTConfig
 from siattn.training.config import TrainConfig
@@ -64,9 +68,13 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_bytes(tmp, text.encode())
-    os.replace(tmp, path)
+    tmp = temporary_name(path)
+    try:
+        _write_bytes(tmp, text.encode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -152,10 +160,32 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: GPTConf
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp = temporary_name(path)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        _write_checkpoint_files(tmp, model=model, config=config, optimizer=optimizer, train_config=train_config,
+                                step=step, loader_state=loader_state, metrics=metrics, extra=extra,
+                                save_rng=save_rng, extra_files=extra_files)
+    except BaseException:  # a full disk, a signal, anything: no half-written temporary folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside first
+        old = temporary_name(path, "old")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _write_checkpoint_files(tmp: Path, *, model: torch.nn.Module, config: GPTConfig, optimizer: Any | None,
+                            train_config: TrainConfig | None, step: int, loader_state: dict[str, Any] | None,
+                            metrics: dict[str, Any] | None, extra: dict[str, Any] | None, save_rng: bool,
+                            extra_files: dict[str, str | Path] | None) -> None:
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(weights, tmp / MODEL_FILE, metadata={"format": FORMAT})
     files = [MODEL_FILE]
@@ -182,27 +212,59 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: GPTConf
     _write_bytes(tmp / STATE_FILE, json.dumps(state, indent=1).encode())
     _write_bytes(tmp / COMPLETE, b"ok\n")
     _fsync_dir(tmp)
-    if path.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside first
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
 
 
-def save_run_checkpoint(run_dir: str | Path, step: int, keep: int = 2, **kwargs: Any) -> Path:
-    """Save ``run_dir/checkpoints/step_{step:06d}``, point LATEST at it and keep the newest ``keep`` of them."""
+def save_run_checkpoint(run_dir: str | Path, step: int, keep: int = 2, *, base_step: int | None = None,
+                        written: Iterable[int] = (), **kwargs: Any) -> Path:
+    """Save ``run_dir/checkpoints/step_{step:06d}``, point LATEST at it and prune (:func:`prune_checkpoints`).
+
+    ``base_step``/``written``: the run's line (the step it resumed from, the steps this process saved); only
+    checkpoints of that line are pruned. None: every checkpoint of the folder counts as the run's line.
+    """
     folder = Path(run_dir) / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
     path = save_checkpoint(folder / f"step_{step:06d}", step=step, **kwargs)
     _write_text_atomic(folder / LATEST, path.name + "\n")
     if keep > 0:
-        done = sorted(p for p in folder.glob("step_*") if (p / COMPLETE).exists())
-        for old in done[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        line = None if base_step is None else {s for s in _steps(folder) if s <= base_step} | {*written, step}
+        prune_checkpoints(folder, keep, line)
     return path
+
+
+def _steps(folder: Path) -> list[int]:
+    return sorted(int(p.name[5:]) for p in folder.glob("step_*") if p.name[5:].isdigit())
+
+
+def _verified(path: Path) -> bool:
+    """Whether ``path`` reads back as a whole checkpoint (marker, sizes and sha256 of every file)."""
+    try:
+        read_checkpoint_state(path, verify=True)
+    except CheckpointError:
+        return False
+    return True
+
+
+def prune_checkpoints(folder: Path, keep: int, line: Collection[int] | None = None) -> list[Path]:
+    """Delete checkpoints of ``folder`` beyond the newest ``keep`` that verify (marker, sizes, sha256).
+
+    Only steps in ``line`` (the run's own lineage; None: all) are considered. Walking from the newest, each
+    checkpoint is verified until ``keep`` good ones are found; everything older than those goes (corrupt and
+    incomplete ones included), everything newer stays. So the last good checkpoint is never deleted, and a
+    corrupt or incomplete one never counts as kept. Returns the deleted folders.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    steps = [s for s in reversed(_steps(folder)) if line is None or s in line]
+    good, deleted = 0, []
+    for s in steps:
+        path = folder / f"step_{s:06d}"
+        if good < keep:
+            good += _verified(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            deleted.append(path)
+    return deleted
 
 
 # ---- reading ----

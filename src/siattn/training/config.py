@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from siattn.errors import UsageError, check_float, check_int
 from siattn.model.config import GPTConfig, check_fields
 from siattn.model.gpt import count_parameters
 from siattn.positional.rope import scaled_p_rope_base
@@ -36,6 +38,7 @@ class TrainConfig:
     name: str = "custom"
     model: GPTConfig = field(default_factory=GPTConfig)
     # data: a prepared dataset folder; when it does not exist it is prepared from (data_source, tokenizer)
+    # (resolve_config drops data_source when data is overridden with another path: a mistyped path is an error)
     data: str = "data_cache/stdlib-bytes"
     data_source: str | None = "stdlib"
     tokenizer: str = "bytes"
@@ -80,10 +83,29 @@ class TrainConfig:
         self.eval_multipliers = tuple(int(m) for m in self.eval_multipliers)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.seq_len < 1 or self.batch_size < 1 or self.steps < 1:
-            raise ValueError("seq_len, batch_size and steps must be >= 1")
+        for name in ("seq_len", "batch_size", "steps", "eval_every", "eval_tokens", "eval_batch_tokens", "log_every",
+                     "ckpt_every"):
+            check_int(name, getattr(self, name), min=1)
+        for name in ("warmup_steps", "keep_checkpoints", "seed"):
+            check_int(name, getattr(self, name), min=0)
+        if self.micro_batch_size is not None:
+            check_int("micro_batch_size", self.micro_batch_size, min=1)
+        for name in ("lr_muon", "lr_embed", "lr_head", "lr_scalar", "weight_decay"):
+            check_float(name, getattr(self, name), min=0.0)
+        if self.grad_clip is not None:
+            check_float("grad_clip", self.grad_clip, min=0.0, min_open=True)
+        check_float("muon_momentum", self.muon_momentum, min=0.0, max=1.0, max_open=True)
+        check_float("adam_eps", self.adam_eps, min=0.0, min_open=True)
+        if len(self.adam_betas) != 2:
+            raise UsageError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        for beta in self.adam_betas:
+            check_float("adam_betas", beta, min=0.0, max=1.0, max_open=True)
+        if not self.eval_multipliers:
+            raise UsageError("eval_multipliers must name at least one multiple of seq_len, e.g. (1, 4, 16)")
+        for m in self.eval_multipliers:
+            check_int("eval_multipliers", m, min=1)
         if not 0.0 <= self.cooldown_frac <= 1.0:
-            raise ValueError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}")
+            raise UsageError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
@@ -183,7 +205,9 @@ def resolve_config(preset: str | TrainConfig = "cpu-tiny", **overrides: Any) -> 
         raise ValueError(f"unknown config fields {unknown}")
     model_kw = {k: v for k, v in overrides.items() if k in MODEL_FIELDS}
     train_kw = {k: v for k, v in overrides.items() if k in TRAIN_FIELDS}
-    seq_len = train_kw.get("seq_len", preset.seq_len)
+    if "data" in train_kw and "data_source" not in train_kw and not _same_path(train_kw["data"], preset.data):
+        train_kw["data_source"] = None  # the preset's source is prepared at the preset's path only
+    seq_len = check_int("seq_len", train_kw.get("seq_len", preset.seq_len), min=1)  # before train_length follows
     if seq_len != preset.model.train_length:
         model_kw.setdefault("train_length", seq_len)
     if "train_length" in model_kw:
@@ -192,6 +216,10 @@ def resolve_config(preset: str | TrainConfig = "cpu-tiny", **overrides: Any) -> 
         model_kw["n_kv_head"] = None
     model = dataclasses.replace(preset.model, **model_kw)
     return dataclasses.replace(preset, model=model, **train_kw)
+
+
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def describe_presets() -> list[dict[str, Any]]:

@@ -109,13 +109,13 @@ class StopRequest:
 
 def open_dataset(config: TrainConfig, info: DistInfo, progress: bool = True, log: Callable = print) -> Any:
     """The run's TokenDataset; prepares ``config.data`` from ``config.data_source`` first when it is missing."""
-    from siattn.data import TokenDataset, prepare_dataset
+    from siattn.data import DataError, TokenDataset, prepare_dataset
 
     path = Path(config.data)
     if not path.exists():
         if not config.data_source:
-            raise FileNotFoundError(f"{path}: no such dataset; prepare one with `siattn data prepare SOURCE --out "
-                                    f"{path}` or pass --data-source to prepare it here")
+            raise DataError(f"--data {str(path)!r}: no such dataset folder; prepare one with `siattn data prepare "
+                            f"SOURCE --out {path}`, or pass --data-source SOURCE to prepare it there")
         if info.is_main:
             log(f"{path} does not exist: preparing it from {config.data_source!r} with tokenizer "
                 f"{config.tokenizer!r}")
@@ -268,6 +268,7 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
 
     # data
     ds = open_dataset(config, info, progress=progress and info.is_main, log=log)
+    config.data = str(Path(ds.path).resolve())  # checkpoints name the data wherever they are read from
     if ds.vocab_size != config.model.vocab_size:
         log(f"vocab_size {config.model.vocab_size} -> {ds.vocab_size} (the dataset's tokenizer)")
         config.model.vocab_size = ds.vocab_size
@@ -292,7 +293,7 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
                     "tokens_per_step": config.tokens_per_step, "eval_lengths": lengths,
                     "eval_tokens_per_length": n_eval, "unigram_entropy_val": unigram,
                     "train_tokens": len(ds.train), "epochs": epochs, "torch": torch.__version__,
-                    "python": sys.version.split()[0], "data": str(ds.path)}
+                    "python": sys.version.split()[0], "data": config.data}
         write_json(run_dir / "config.json", resolved)
     log(f"{config.name}: {config.model.method}, {n_params / 1e6:.2f}M parameters, {config.steps} steps × "
         f"{config.batch_size} × {config.seq_len} tokens (micro-batch {micro}, accumulation {accum}, "
@@ -302,15 +303,20 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
                          tensorboard_dir=run_dir / "tensorboard" if config.tensorboard else None)
     tok_info, extra_files = _tokenizer_files(ds)
 
+    start_step = run.step
+    written: list[int] = []  # with the resumed-from step, the run's line: retention prunes nothing else
+
     def save(step: int) -> Path | None:
         path = None
         if info.is_main:
-            path = save_run_checkpoint(run_dir, step, keep=config.keep_checkpoints, model=raw_model,
+            written.append(step)
+            path = save_run_checkpoint(run_dir, step, keep=config.keep_checkpoints, base_step=start_step,
+                                       written=written, model=raw_model,
                                        config=config.model, optimizer=optimizer, train_config=config,
                                        loader_state=loader.state_dict(), metrics=run.last,
                                        extra={"train_seconds": run.train_seconds, "tokens_seen": run.tokens_seen,
                                               "world_size": info.world_size, "tokenizer": tok_info,
-                                              "data": str(ds.path)},
+                                              "data": config.data},
                                        extra_files=extra_files)
         barrier(info)
         return path
