@@ -14,6 +14,13 @@ from siattn.cli import build_parser, main
 # Placeholders: {missing} does not exist, {file} is a regular file (so {file}/x cannot be created), {empty} is an
 # empty folder, {corrupt} a checkpoint folder whose state.json is not JSON, {src} a folder with two documents.
 ROWS: list[tuple[str, str, int]] = [
+    # reproduce
+    ("reproduce no-such-study", "study", 2),
+    ("reproduce cpu-tiny --run no-such-run-s0 --out {tmp}/r", "run must be one of", 2),
+    ("reproduce cpu-tiny --next 0 --out {tmp}/r", "--next", 2),
+    ("reproduce cpu-tiny --parallel 0 --next 1 --out {tmp}/r", "--parallel", 2),
+    ("reproduce cpu-tiny --deadline 0 --next 1 --out {tmp}/r", "--deadline", 2),
+    ("reproduce cpu-tiny --next 1 --table --out {tmp}/r", "--table", 2),
     # data
     ("data prepare {missing}", "no such file, folder or glob", 2),
     ("data prepare {src} --val-fraction 1.5", "--val-fraction", 2),
@@ -195,11 +202,10 @@ BASE: dict[str, list[str]] = {
     "analyze model": ["--checkpoint", "{missing}"],
     "generate": ["--checkpoint", "{missing}", "--prompt", "hi"],
     "bench attention": ["--out", "{file}/x/result.json"],
+    "reproduce": ["cpu-tiny", "--out", "{tmp}/reproduce"],
 }
-# `reproduce` validates its options in the commands it runs; its numeric options are listed here so that a new
-# one is noticed (and given a check) rather than passed along unchecked.
-NOT_SWEPT = {"reproduce": {"--steps", "--seed", "--eval-tokens", "--needle-trials", "--passkey-trials",
-                           "--finetune-steps", "--passkey-finetune"}}
+# commands whose numeric options are exempt from the sweep (none: every option gets a check)
+NOT_SWEPT: dict[str, set[str]] = {}
 _NON_NUMERIC_TYPES = (None, str, Path)
 
 

@@ -344,6 +344,8 @@ def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str 
         **env,
         "dataset": {"path": str(ds.path), "fingerprint": ds.manifest.get("fingerprint"),
                     "source_digest": ds.manifest.get("source", {}).get("digest"),
+                    "shards_sha256": {split: [s["sha256"] for s in ds.manifest["splits"][split]["shards"]]
+                                      for split in ("train", "val")},
                     "train_tokens": train_tokens, "val_tokens": len(ds.val)},
         "parameters": result.extra["parameters"], "tokens": tokens, "passes": tokens / train_tokens,
         "tokens_per_s": result.tokens_per_s, "train_config": config.to_dict(),

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from siattn.recipes.argtypes import POSITIVE, POSITIVE_INT
+
 HELP = "Reproduce the comparison: run a study's runs (train, loss by length, needle, passkey) and its table."
 
 
@@ -30,23 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--list", action="store_true", help="print the study's runs and which are done, and exit")
     what.add_argument("--run", nargs="+", metavar="RUN_ID", help="these runs (ids as --list prints them)")
-    what.add_argument("--next", type=int, metavar="N", help="the first N runs of the study not yet in --out")
+    what.add_argument("--next", type=POSITIVE_INT, metavar="N", help="the first N runs of the study not yet in --out")
     what.add_argument("--table", action="store_true", help="only regenerate the table and plots from --out")
     parser.add_argument("--out", default=None,
                         help="results folder: run folders in OUT/runs, table.md and plots in OUT "
                              "(default: runs/reproduce/STUDY/results)")
     parser.add_argument("--scratch", default="runs/reproduce", help="where runs train (checkpoints stay there)")
-    parser.add_argument("--parallel", type=int, default=1, metavar="P",
+    parser.add_argument("--parallel", type=POSITIVE_INT, default=1, metavar="P",
                         help="runs at once, each in its own process (they share the device)")
-    parser.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--deadline", type=POSITIVE, default=None, metavar="SECONDS",
                         help="stop every run still going after this many seconds (it writes nothing)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _positive(name: str, value: int | float | None) -> None:
-    if value is not None and value < 1:
-        raise SystemExit(f"siattn reproduce: error: {name} must be >= 1, got {value}")
 
 
 def _launch(args: argparse.Namespace, out: Path, run_ids: list[str]) -> int:
@@ -85,8 +82,6 @@ def main(args: argparse.Namespace) -> int:
     from siattn.evaluation import grid
 
     study = grid.get_study(args.study)
-    _positive("--next", args.next)
-    _positive("--parallel", args.parallel)
     out = Path(args.out or Path("runs/reproduce") / study.name / "results")
     if args.list:
         print(f"{study.name}: {study.question}\n\n{grid.describe(study, out)}")
