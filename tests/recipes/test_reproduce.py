@@ -1,59 +1,51 @@
-"""The reproduce summary reads the eval / needle / passkey JSON and lays them out like the paper's table."""
+"""`siattn reproduce`: list a study, rebuild its table, and launch the runs still missing, one process each."""
 
-import json
+import subprocess
 
-from siattn.recipes.reproduce import summarize
-
-
-def _write(path, obj):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
+from siattn.cli import main
 
 
-def test_summary_table_has_loss_and_accuracy_per_length(tmp_path):
-    lengths = {"512": {"loss": 1.25}, "2048": {"loss": 1.5}}
-    _write(tmp_path / "eval" / "eval.json", {"checkpoints": {"rope": {"results": lengths}}})
-    needle = {"stages": {"finetuned": {"lengths": {"512": {"accuracy": 0.5}, "2048": {"accuracy": 0.25}}}}}
-    _write(tmp_path / "needle" / "needle.json", {"checkpoints": {"rope": needle}})
-    table = summarize(tmp_path, ["rope", "alibi"])  # alibi has no results: no row
-    lines = table.strip().splitlines()
-    assert lines[0] == ("| method | val@1× | val@4× | needle@1× | needle@4× | passkey@1× | passkey@4× |")
-    assert lines[2] == "| rope | 1.250 | 1.500 | 0.500 | 0.250 | — | — |"
-    assert len(lines) == 3
+def test_list_shows_every_run_and_what_is_done(tmp_path, capsys):
+    assert main(["reproduce", "gpu-small", "--list", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| si-p-rope-s0 | si-p-rope | 0 | auto |" in out
+    assert "| rope-s0 | rope | 0 | auto | rope-ntk yarn |" in out
+    assert "| si-p-rope-s0-flex | si-p-rope | 0 | flex |" in out
+    from siattn.evaluation.grid import STUDIES
+
+    assert out.count("| to do |") == len(STUDIES["gpu-small"].runs)  # nothing is done in an empty folder
+    assert "| done |" not in out
 
 
-def test_summary_without_results(tmp_path):
-    assert summarize(tmp_path, ["rope"]) == "no results yet\n"
+def test_table_without_runs(tmp_path, capsys):
+    assert main(["reproduce", "cpu-tiny", "--table", "--out", str(tmp_path)]) == 0
+    assert "no completed runs yet" in capsys.readouterr().out
 
 
-def test_fine_tuned_passkey_results_are_preferred_over_zero_shot(tmp_path):
-    _write(tmp_path / "eval" / "eval.json", {"checkpoints": {"rope": {"results": {"512": {"loss": 1.0}}}}})
-    stages = {"zero-shot": {"lengths": {"512": {"accuracy": 0.0}}},
-              "finetuned": {"lengths": {"512": {"accuracy": 1.0}}}}
-    _write(tmp_path / "passkey" / "passkey.json", {"checkpoints": {"rope": {"stages": stages}}})
-    assert summarize(tmp_path, ["rope"]).strip().splitlines()[2] == "| rope | 1.000 | — | 1.000 |"
-    del stages["finetuned"]
-    _write(tmp_path / "passkey" / "passkey.json", {"checkpoints": {"rope": {"stages": stages}}})
-    assert summarize(tmp_path, ["rope"]).strip().splitlines()[2] == "| rope | 1.000 | — | 0.000 |"
+class FakeProcess:
+    launched: list[list[str]] = []
+
+    def __init__(self, cmd, stdout, stderr):
+        FakeProcess.launched.append(cmd)
+        stdout.write("trained\n")
+        stdout.close()
+
+    def poll(self):
+        return 0
+
+    def kill(self):
+        raise AssertionError("a finished run is not killed")
 
 
-def test_reproduce_passes_the_fine_tuning_schedules_on(tmp_path, monkeypatch):
-    import argparse
-
-    from siattn.recipes import reproduce
-
-    calls = []
-    monkeypatch.setattr(reproduce, "_run", calls.append)
-    parser = argparse.ArgumentParser()
-    reproduce.add_arguments(parser)
-    args = parser.parse_args(["--methods", "rope", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
-                              "--finetune-steps", "1", "2", "3", "--passkey-finetune", "4", "5", "6"])
-    assert reproduce.main(args) == 0
-    train, evaluate, needle, passkey = calls
-    assert train[:2] == ["train", "--preset"] and evaluate[0] == "eval"
-    assert needle[needle.index("--warmup"):needle.index("--warmup") + 6] == ["--warmup", "1", "--constant", "2",
-                                                                             "--decay", "3"]
-    assert "--finetune" in passkey and "--no-zero-shot" in passkey
-    assert passkey[passkey.index("--warmup"):passkey.index("--warmup") + 6] == ["--warmup", "4", "--constant", "5",
-                                                                                "--decay", "6"]
-    assert "after fine-tuning" in (tmp_path / "out" / "README.md").read_text()
+def test_next_launches_the_missing_runs_in_order_one_process_each(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    FakeProcess.launched.clear()
+    code = main(["reproduce", "cpu-tiny", "--next", "2", "--parallel", "2", "--out", str(tmp_path / "out"),
+                 "--scratch", str(tmp_path / "scratch")])
+    assert code == 0
+    runs = [cmd[cmd.index("--run") + 1] for cmd in FakeProcess.launched]
+    assert runs == ["si-p-rope-s0", "rope-s0"]  # the study's order: seed 0 of the proposed method first
+    assert all(cmd[cmd.index("--out") + 1] == str(tmp_path / "out") for cmd in FakeProcess.launched)
+    assert (tmp_path / "scratch" / "cpu-tiny" / "rope-s0.log").read_text() == "trained\n"
+    assert "si-p-rope-s0: exit 0" in capsys.readouterr().out
