@@ -1,6 +1,7 @@
 """`siattn reproduce`: list a study, rebuild its table, and launch the runs still missing, one process each."""
 
 import subprocess
+from typing import ClassVar
 
 from siattn.cli import main
 
@@ -23,7 +24,7 @@ def test_table_without_runs(tmp_path, capsys):
 
 
 class FakeProcess:
-    launched: list[list[str]] = []
+    launched: ClassVar[list[list[str]]] = []
 
     def __init__(self, cmd, stdout, stderr):
         FakeProcess.launched.append(cmd)
