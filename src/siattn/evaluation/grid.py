@@ -132,6 +132,19 @@ _GPU_SMALL_RUNS = (
     *_seeds("p-rope", (1, 2)),
 )
 
+# model sizes between cpu-tiny (0.87M) and gpu-small (25.5M, whose runs are the grid's): 0.5M, 3.3M, 10.9M
+_SIZES = {"xs": (("n_layer", 2), ("n_embd", 128), ("n_head", 1)),
+          "s": (("n_layer", 4), ("n_embd", 256), ("n_head", 2)),
+          "m": (("n_layer", 6), ("n_embd", 384), ("n_head", 3))}
+_RETRIEVAL_SCALE_RUNS = (
+    *(RunSpec(m, overrides=size, tag=name) for name, size in _SIZES.items() for m in ("si-p-rope", "logn-p-rope")),
+    # tokens at one size: half and twice the grid's 600 steps
+    *(RunSpec("si-p-rope", overrides=(*_SIZES["m"], ("steps", n)), tag=f"m-steps{n}") for n in (300, 1200)),
+    # the p-RoPE frequencies at one small size: the base (grid: 512 at 2k) and the share of rotated pairs (0.5)
+    *(RunSpec("si-p-rope", overrides=(*_SIZES["s"], ("p_rope_base", b)), tag=f"s-base{b}") for b in (128, 2048)),
+    *(RunSpec("si-p-rope", overrides=(*_SIZES["s"], ("p_rope_fraction", f)), tag=f"s-frac{f}") for f in (0.25, 0.75)),
+)
+
 STUDIES: dict[str, Study] = {
     "gpu-small": Study(
         name="gpu-small",
@@ -152,6 +165,13 @@ STUDIES: dict[str, Study] = {
         preset="gpu-small",
         runs=tuple(RunSpec("si-p-rope", overrides=(("tau", tau),), tag=f"tau{tau:g}")
                    for tau in (0.01, 0.1, 1.0, 10.0, 100.0)),
+    ),
+    "retrieval-scale": Study(
+        name="retrieval-scale",
+        question="Between cpu-tiny (no retrieval past 1×) and gpu-small, where does retrieval at 4× and 16× appear, "
+                 "and is a small model's failure in its size, its tokens or its p-RoPE frequencies?",
+        preset="gpu-small",
+        runs=_RETRIEVAL_SCALE_RUNS,
     ),
     "cpu-tiny": Study(
         name="cpu-tiny",
