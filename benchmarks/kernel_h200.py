@@ -302,11 +302,10 @@ def _variants_at(t, b, res, rep_ms, forward_only=False):
         return
     si = LogitTransform("scale-invariant")
     for enabled in (False, True):
-        tb.coefficients.POLY_ENABLED = enabled  # read at every launch
-        ms = _time(lambda: tb._forward(q, k, v, si, 0, True, scale, tb.DEFAULT_FWD), rep_ms)
+        opts = tb.KernelOptions(far_tile_polynomials=enabled)
+        ms = _time(lambda opts=opts: tb._forward(q, k, v, si, 0, True, scale, tb.DEFAULT_FWD, options=opts), rep_ms)
         res["poly"].append(dict(T=t, B=b, poly=enabled, ms=ms))
         log(f"fwd T={t} SI default cfg, polynomial tiles {'on' if enabled else 'off'}: {ms:.3f} ms")
-    tb.coefficients.POLY_ENABLED = True
     for kind in ("scale-invariant", "none"):
         tr = LogitTransform(kind)
         out, lse = tb._forward(q, k, v, tr, 0, True, scale, tb.DEFAULT_FWD)

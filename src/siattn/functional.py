@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from siattn.backends import run_backend
+from siattn.backends.options import KernelOptions
 from siattn.backends.transforms import LogitTransform
 from siattn.methods import Method, get_method
 from siattn.positional.logn import logn_query_scale
@@ -14,7 +15,7 @@ from siattn.schedule import DEFAULT_TAU
 def scale_invariant_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, tau: float = DEFAULT_TAU, causal: bool = True,
     q_offset: int = 0, scale: float | None = None, backend: str = "auto", alpha: float | None = None,
-    beta: float | None = None,
+    beta: float | None = None, kernel: KernelOptions | None = None,
 ) -> torch.Tensor:
     """Attention with logits L_t = a_t·S_t + m_t, S_t = scale·q·k, t = q_offset + r − c (|·| if not causal).
 
@@ -22,23 +23,28 @@ def scale_invariant_attention(
     absolute position q_offset + r and key column c at position c (KV-cache decoding uses q_offset = Tk − Tq).
     scale defaults to 1/sqrt(D). Returns (B, H, Tq, D) in q's dtype; the math is float32 (float64 for float64).
     backend: "auto", "reference", "chunked", "sdpa" (plain logits only), "flex" or "triton" (:mod:`siattn.backends`).
+    kernel: :class:`siattn.KernelOptions` of the fused Triton kernels (determinism, autotuning, far-tile
+    polynomials, tilings); only the triton backend reads them. ``KernelOptions(deterministic=True)`` makes its dQ
+    bitwise reproducible from run to run; the CPU backends are so already, and sdpa and flex on CUDA follow
+    ``torch.use_deterministic_algorithms``.
     """
     transform = LogitTransform("scale-invariant", tau=tau, alpha=alpha, beta=beta)
     return run_backend(q, k, v, transform=transform, q_offset=q_offset, causal=causal, scale=scale,
-                       backend=backend)
+                       backend=backend, kernel=kernel)
 
 
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, method: str | Method = "nope", causal: bool = True,
     q_offset: int = 0, scale: float | None = None, backend: str = "auto", tau: float = DEFAULT_TAU,
-    logn_scale: torch.Tensor | float | None = None,
+    logn_scale: torch.Tensor | float | None = None, kernel: KernelOptions | None = None,
 ) -> torch.Tensor:
     """Attention for any method of :data:`siattn.METHODS` (the model's single entry point).
 
     q and k must already carry the method's rotary embedding (``method.rotary_config(...).cos_sin`` and
     :func:`siattn.positional.apply_rotary`), as in transformers' attention functions. This function applies
     the method's logit transform: none, LogN (q scaled by s_h·log n; ``logn_scale`` s of shape () or (H,)
-    required), ALiBi, or scale-invariant (``tau``). Shapes and positions as in :func:`scale_invariant_attention`.
+    required), ALiBi, or scale-invariant (``tau``). Shapes, positions and ``kernel`` as in
+    :func:`scale_invariant_attention`.
     """
     method = get_method(method)
     if method.uses_logn:
@@ -47,4 +53,4 @@ def attention(
                              "gives the starting value)")
         q = logn_query_scale(q, logn_scale, q_offset, None if causal else k.shape[2])
     return run_backend(q, k, v, transform=method.logit_transform(tau), q_offset=q_offset, causal=causal,
-                       scale=scale, backend=backend)
+                       scale=scale, backend=backend, kernel=kernel)

@@ -77,14 +77,15 @@ def _inputs(b, h, hkv, tq, tk, d, dtype, grad=True):
     return make(b, h, tq, d), make(b, hkv, tk, d), make(b, hkv, tk, d)
 
 
-def _check(case, transform, causal=True, dtype=None, backward=True, bwd_config=None, fwd_config=None):
+def _check(case, transform, causal=True, dtype=None, backward=True, bwd_config=None, fwd_config=None, **options):
     b, h, hkv, tq, tk, off, d = case
     dtype = dtype or DTYPES[0]
     q, k, v = _inputs(b, h, hkv, tq, tk, d, dtype, grad=backward)
     kw = dict(transform=transform, q_offset=off, causal=causal, scale=d**-0.5)
     qf, kf, vf = (x.detach().float().requires_grad_(backward) for x in (q, k, v))
     ref = reference_attention(qf, kf, vf, **kw)
-    out = tb.flash_attention(q, k, v, bwd_config=bwd_config, fwd_config=fwd_config, **kw)
+    kernel = tb.KernelOptions(forward=fwd_config, backward=bwd_config, **options)
+    out = tb.flash_attention(q, k, v, kernel=kernel, **kw)
     assert out.dtype == dtype and out.shape == ref.shape
     assert _rel(out, ref) < FWD_TOL, f"forward error {_rel(out, ref):.2e}"
     if backward:
@@ -130,6 +131,94 @@ def test_far_tiles_use_polynomials_and_match_reference(dkdv_poly):
     assert t1 < tk - 16
     base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
     _check((1, 2, 1, 16, tk, tk - 16, 64), SI, bwd_config=dataclasses.replace(base, dkdv_poly=dkdv_poly))
+
+
+def _far_case():
+    """(B, H, Hkv, Tq, Tk, q_offset, D): a few queries far down a prefix long enough for every polynomial order."""
+    window = tb.INTERPRETER_FWD.block_n if not CUDA else tb.DEFAULT_FWD.block_n
+    tk = tb.poly_thresholds(*SI.parameters, window)[0] + 6 * window + 5
+    return (1, 2, 1, 16, tk, tk - 16, 64)
+
+
+@pytest.mark.parametrize("poly", [False, True], ids=["exact", "poly"])
+def test_far_tile_polynomials_option_matches_reference(poly):
+    """``KernelOptions.far_tile_polynomials``: off, every tile evaluates the transform exactly; on (the default),
+    the far tiles use the polynomials; both match the reference over a long prefix, forward and backward."""
+    _check(_far_case(), SI, far_tile_polynomials=poly)
+    assert tb._transform_args(SI, 0.125, 16, 4096, 2, DEVICE, True, poly)[3] == (
+        tb.poly_thresholds(*SI.parameters, 16) if poly else (tb.NEVER,) * 3)
+
+
+def test_kernel_options_are_validated():
+    with pytest.raises(ValueError, match=r"KernelOptions\.autotune must be True or False"):
+        tb.KernelOptions(autotune="yes")
+    with pytest.raises(ValueError, match=r"KernelOptions\.deterministic"):
+        tb.KernelOptions(deterministic=1)
+    with pytest.raises(ValueError, match=r"KernelOptions\.far_tile_polynomials"):
+        tb.KernelOptions(far_tile_polynomials=None)
+    with pytest.raises(ValueError, match=r"KernelOptions\.forward must be a FwdConfig"):
+        tb.KernelOptions(forward=tb.BwdConfig())
+    with pytest.raises(ValueError, match=r"KernelOptions\.backward must be a BwdConfig"):
+        tb.KernelOptions(backward=tb.FwdConfig())
+    for fused in ("atomics", "tma"):
+        with pytest.raises(ValueError, match=r"KernelOptions\.backward\.fused_dq must be 'off' or 'auto'"):
+            tb.KernelOptions(deterministic=True, backward=tb.BwdConfig(fused_dq=fused))
+    tb.KernelOptions(deterministic=True, backward=tb.BwdConfig(fused_dq="auto"))
+    q = torch.zeros(1, 2, 4, 64, dtype=DTYPES[0], device=DEVICE)
+    with pytest.raises(ValueError, match=r"kernel must be a siattn\.KernelOptions or None"):
+        run_backend(q, q, q, transform=SI, kernel={"deterministic": True})
+
+
+def test_capability_table_picks_the_defaults():
+    assert tb.default_kernel_configs((9, 0)) == (tb.DEFAULT_FWD_SI, tb.DEFAULT_BWD_SI)
+    assert tb.default_kernel_configs((9, 0), "none") == (tb.DEFAULT_FWD, tb.DEFAULT_BWD)
+    assert tb.default_kernel_configs((9, 0), "alibi") == (tb.DEFAULT_FWD, tb.DEFAULT_BWD)
+    for cap in ((8, 0), (8, 9), (10, 0), None):
+        for kind in ("scale-invariant", "none"):
+            fwd, bwd = tb.default_kernel_configs(cap, kind)
+            assert (fwd, bwd) == (tb.GENERIC_FWD, tb.GENERIC_BWD)
+            assert not fwd.tma_loads and not bwd.dkdv_tma_loads and bwd.fused_dq == "off"
+    assert tb.arch_defaults((9, 0)).fused_dq_si == "tma" and tb.GENERIC_DEFAULTS.fused_dq_si == "off"
+
+
+def test_backward_config_follows_the_table_and_deterministic(monkeypatch):
+    """The backward tiling without autotuning and its resolved ``fused_dq``: on sm_90 the fused dQ through TMA
+    for the scale-invariant transform (``DEFAULT_BWD_SI``) unless ``deterministic``, which runs the separate dQ
+    kernel (``DEFAULT_BWD``, "off"); elsewhere always "off"."""
+    launch = importlib.import_module("siattn.backends.triton.launch")
+    det = tb.KernelOptions(deterministic=True)
+    monkeypatch.setattr(launch, "capability", lambda device: (9, 0))
+    assert tb.default_bwd_config(SI, "cuda") == dataclasses.replace(tb.DEFAULT_BWD_SI, fused_dq="tma")
+    assert tb.default_bwd_config(SI, "cuda", det) == dataclasses.replace(tb.DEFAULT_BWD, fused_dq="off")
+    assert tb.default_bwd_config(LogitTransform("none"), "cuda") == dataclasses.replace(tb.DEFAULT_BWD,
+                                                                                          fused_dq="off")
+    assert tb.default_bwd_config(SI, "cuda", parts=("dkdv",)).fused_dq == "off"
+    explicit = tb.KernelOptions(deterministic=True, backward=tb.BwdConfig(dkdv_m=64, fused_dq="auto"))
+    assert tb.default_bwd_config(SI, "cuda", explicit) == tb.BwdConfig(dkdv_m=64, fused_dq="off")
+    atomics = tb.KernelOptions(backward=tb.BwdConfig(fused_dq="atomics"))
+    assert tb.default_bwd_config(SI, "cuda", atomics).fused_dq == "atomics"
+    assert tb.default_bwd_config(SI, "cuda", tb.KernelOptions(backward=tb.BwdConfig())).fused_dq == "tma"
+    monkeypatch.setattr(launch, "capability", lambda device: (8, 0))
+    assert tb.default_bwd_config(SI, "cuda") == tb.GENERIC_BWD
+    assert tb.default_bwd_config(SI, "cuda", tb.KernelOptions(backward=tb.BwdConfig())).fused_dq == "off"
+
+
+def test_deterministic_backward_is_bitwise_reproducible():
+    """``KernelOptions(deterministic=True)`` through the public function: the separate dQ kernel (no atomics), so
+    two backward passes give bitwise-equal gradients."""
+    import siattn
+
+    q, k, v = _inputs(1, 4, 2, 40, 40, 64, DTYPES[0])
+    out = siattn.scale_invariant_attention(q, k, v, backend="triton", kernel=siattn.KernelOptions(deterministic=True))
+    g = torch.randn_like(out)
+    first = torch.autograd.grad(out, (q, k, v), g, retain_graph=True)
+    second = torch.autograd.grad(out, (q, k, v), g)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    assert tb.default_bwd_config(SI, q.device, tb.KernelOptions(deterministic=True)).fused_dq == "off"
+    ref = reference_attention(q.detach().float(), k.detach().float(), v.detach().float(), transform=SI, q_offset=0,
+                              causal=True, scale=64**-0.5)
+    assert _rel(out, ref) < FWD_TOL
 
 
 def test_scale_invariant_default_backward_matches_reference():
@@ -199,7 +288,8 @@ def test_descriptor_kernels_run_from_every_thread():
     q, k, v = _inputs(1, 2, 2, 256, 256, 128, torch.bfloat16)
     fwd = dataclasses.replace(tb.DEFAULT_FWD, tma_loads=True)
     bwd = dataclasses.replace(tb.DEFAULT_BWD, fused_dq="tma")
-    kw = dict(transform=SI, q_offset=0, causal=True, scale=128**-0.5, fwd_config=fwd, bwd_config=bwd)
+    kw = dict(transform=SI, q_offset=0, causal=True, scale=128**-0.5,
+              kernel=tb.KernelOptions(forward=fwd, backward=bwd))
     results = {}
 
     def in_thread(name, fn):

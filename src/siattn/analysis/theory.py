@@ -35,7 +35,7 @@ import torch
 
 from siattn.analysis import metrics
 from siattn.plotting import pyplot, save_figure
-from siattn.schedule import expected_exp_logit, expected_range_mass, resolve_parameters, schedule
+from siattn.schedule import DEFAULT_TAU, expected_exp_logit, expected_range_mass, resolve_parameters, schedule
 
 SCHEMES = ("none", "logn", "scale_invariant")
 
@@ -48,7 +48,7 @@ class TheoryConfig:
     max_n: int = 1_000_000      # longest context (number of keys)
     min_n: int = 10
     seed: int = 0
-    tau: float = 10.0
+    tau: float = DEFAULT_TAU
     logn_s: float = 0.4
     deltas: tuple[int, ...] = (2, 5, 10)
     last_k: int = 100
@@ -70,7 +70,7 @@ class TheoryConfig:
             raise ValueError(f"logn_s must be > 0; got {self.logn_s}")
 
 
-def scheme_logits(scores: torch.Tensor, scheme: str, *, tau: float = 10.0, logn_s: float = 0.4,
+def scheme_logits(scores: torch.Tensor, scheme: str, *, tau: float = DEFAULT_TAU, logn_s: float = 0.4,
                   n_keys: int | None = None) -> torch.Tensor:
     """Logits (..., N) of ``scheme`` from scores (..., N) ordered by distance t = 0 .. N−1 (float64).
 
@@ -138,7 +138,7 @@ def _mean_se(x: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(0).tolist(), (x.std(0, correction=1) / math.sqrt(x.shape[0])).tolist()
 
 
-def monte_carlo_exp_logit(t: int, samples: int, *, tau: float = 10.0,
+def monte_carlo_exp_logit(t: int, samples: int, *, tau: float = DEFAULT_TAU,
                           generator: torch.Generator | None = None,
                           chunk: int = 5_000_000) -> tuple[float, float]:
     """Plain Monte-Carlo E[exp L_t], S ~ N(0, 1): (mean, standard error). Relative variance e^{a_t²} − 1
@@ -154,7 +154,7 @@ def monte_carlo_exp_logit(t: int, samples: int, *, tau: float = 10.0,
     return mean, math.sqrt(var / samples)
 
 
-def importance_sampled_range_mass(t: int, delta: float, draws: int, *, tau: float = 10.0, offset: float = 1.0,
+def importance_sampled_range_mass(t: int, delta: float, draws: int, *, tau: float = DEFAULT_TAU, offset: float = 1.0,
                                   generator: torch.Generator | None = None) -> tuple[float, float]:
     """Importance-sampled Σ_{t'∈[t,tΔ)} E[exp L_t'] for the scale-invariant scheme: (estimate, SE).
 
@@ -168,7 +168,7 @@ def importance_sampled_range_mass(t: int, delta: float, draws: int, *, tau: floa
     return _importance_sampled(ts, hi - lo, tau, offset, generator)
 
 
-def importance_sampled_exp_logit(t: int, draws: int, *, tau: float = 10.0, offset: float = 1.0,
+def importance_sampled_exp_logit(t: int, draws: int, *, tau: float = DEFAULT_TAU, offset: float = 1.0,
                                  generator: torch.Generator | None = None) -> tuple[float, float]:
     """Importance-sampled E[exp L_t] (see :func:`importance_sampled_range_mass`): (estimate, SE)."""
     return _importance_sampled(torch.full((draws,), float(t), dtype=torch.float64), 1, tau, offset, generator)

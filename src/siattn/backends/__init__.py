@@ -11,6 +11,9 @@ column c at position c (t = q_offset + r − c), math in float32, output in q's 
 | flex | FlexAttention score_mod + block mask (compiled) | O(T) | CUDA only |
 | sdpa | torch's scaled_dot_product_attention; plain logits only | O(T) on CUDA | CPU + CUDA |
 | triton | fused Triton kernel (CUDA, fp16/bf16, head dim 64/128) | O(T) | CUDA |
+
+``kernel=KernelOptions(...)`` (:mod:`siattn.backends.options`) reaches the backends that take it (triton: tilings,
+autotuning, far-tile polynomials, determinism); the others have no float atomics and need none.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from siattn.backends.chunked import chunked_attention
 from siattn.backends.flex import flex_attention
+from siattn.backends.options import KernelOptions, check_kernel_options
 from siattn.backends.reference import reference_attention
 from siattn.backends.sdpa import sdpa_attention, sdpa_unsupported
 from siattn.backends.transforms import NO_TRANSFORM, LogitTransform, transform_logits
@@ -34,12 +38,14 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 @dataclass(frozen=True)
 class Backend:
-    """A registered attention implementation. ``unsupported`` returns why it cannot run these inputs, or None."""
+    """A registered attention implementation. ``unsupported`` returns why it cannot run these inputs, or None.
+    ``takes_kernel_options``: ``fn`` accepts ``kernel=KernelOptions`` (passed on only when given)."""
 
     name: str
     fn: Callable[..., torch.Tensor]
     unsupported: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LogitTransform, bool], str | None]
     description: str
+    takes_kernel_options: bool = False
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -139,9 +145,13 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_offset: in
 def run_backend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, transform: LogitTransform = NO_TRANSFORM,
     q_offset: int = 0, causal: bool = True, scale: float | None = None, backend: str = "auto",
+    kernel: KernelOptions | None = None,
 ) -> torch.Tensor:
-    """Validate, pick the backend and run it. Returns (B, H, Tq, D_v) in q's dtype."""
+    """Validate, pick the backend and run it. Returns (B, H, Tq, D_v) in q's dtype. ``kernel``: options of the
+    backends that take them (the triton backend); the others are deterministic already and ignore them."""
     check_inputs(q, k, v, q_offset)
+    if kernel is not None:
+        check_kernel_options(kernel)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     elif not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
@@ -155,12 +165,14 @@ def run_backend(
     reason = impl.unsupported(q, k, v, transform, needs_grad)
     if reason is not None:
         raise ValueError(f"backend {backend!r} cannot run these inputs: {reason}")
-    return impl.fn(q, k, v, transform=transform, q_offset=q_offset, causal=causal, scale=float(scale))
+    extra = {"kernel": kernel} if kernel is not None and impl.takes_kernel_options else {}
+    return impl.fn(q, k, v, transform=transform, q_offset=q_offset, causal=causal, scale=float(scale), **extra)
 
 
 __all__ = [
     "BACKENDS",
     "Backend",
+    "KernelOptions",
     "LogitTransform",
     "alibi_slopes",
     "backend_names",

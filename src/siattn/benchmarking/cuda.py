@@ -34,9 +34,10 @@ def copy_bandwidth(nbytes: int = 2 << 30) -> dict:
     return {"bytes": nbytes, "ms": ms, "gbps": 2 * nbytes / ms / 1e6}
 
 
-def attention_fn(name: str, q: Any, k: Any, v: Any, tau: float) -> Callable[[], Any]:
+def attention_fn(name: str, q: Any, k: Any, v: Any, tau: float, kernel: Any = None) -> Callable[[], Any]:
     """A callable computing attention with backend ``name`` on (q, k, v) (causal, q_offset 0); names: sdpa-flash,
-    sdpa-default, flex-causal, flex-si, triton-si, triton-none, triton-alibi."""
+    sdpa-default, flex-causal, flex-si, triton-si, triton-none, triton-alibi. ``kernel``: the triton backends'
+    ``KernelOptions`` (None: the defaults)."""
     import torch.nn.functional as F
 
     from siattn.backends.transforms import LogitTransform
@@ -65,14 +66,15 @@ def attention_fn(name: str, q: Any, k: Any, v: Any, tau: float) -> Callable[[], 
 
         kind = {"triton-si": "scale-invariant", "triton-none": "none", "triton-alibi": "alibi"}[name]
         tr = si if kind == "scale-invariant" else LogitTransform(kind)
-        return lambda: flash_attention(q, k, v, transform=tr, q_offset=0, causal=True, scale=scale)
+        return lambda: flash_attention(q, k, v, transform=tr, q_offset=0, causal=True, scale=scale, kernel=kernel)
     raise ValueError(f"unknown backend {name!r}")
 
 
 def time_prefill(name: str, t: int, b: int, heads: int, kv_heads: int, dim: int, tau: float, backward: bool,
-                 rep_ms: int) -> dict:
+                 rep_ms: int, kernel: Any = None) -> dict:
     """Forward (and with ``backward`` forward+backward) time in ms and TFLOP/s of backend ``name`` on causal bf16
-    inputs (B = ``b``, T = ``t``); an ``error`` entry instead when the backend fails."""
+    inputs (B = ``b``, T = ``t``; ``kernel``: the triton backends' ``KernelOptions``); an ``error`` entry instead
+    when the backend fails."""
     import torch
     from triton.testing import do_bench
 
@@ -82,7 +84,7 @@ def time_prefill(name: str, t: int, b: int, heads: int, kv_heads: int, dim: int,
     row = {"backend": name, "T": t, "B": b, "H": heads, "Hkv": kv_heads, "D": dim}
     flops = causal_flops(b, heads, t, dim)
     try:
-        fwd = attention_fn(name, q, k, v, tau)
+        fwd = attention_fn(name, q, k, v, tau, kernel)
         with torch.no_grad():
             fwd()
             torch.cuda.synchronize()
@@ -92,7 +94,7 @@ def time_prefill(name: str, t: int, b: int, heads: int, kv_heads: int, dim: int,
             for x in (q, k, v):
                 x.requires_grad_(True)
             grad = torch.randn(b, heads, t, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
-            fn = attention_fn(name, q, k, v, tau)
+            fn = attention_fn(name, q, k, v, tau, kernel)
 
             def step():
                 return torch.autograd.grad(fn(), (q, k, v), grad)

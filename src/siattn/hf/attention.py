@@ -13,9 +13,9 @@ from siattn.backends.reference import reference_attention
 from siattn.backends.transforms import LogitTransform
 from siattn.hf.rope import NO_ROPE_TYPE, P_ROPE_TYPE, current_rope_type
 from siattn.methods import Method, get_method
+from siattn.schedule import DEFAULT_TAU
 
 DEFAULT_METHOD = "si-p-rope"
-DEFAULT_TAU = 10.0
 
 
 def check_method(method: Method) -> None:

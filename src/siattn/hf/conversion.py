@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from siattn.hf.attention import DEFAULT_METHOD, DEFAULT_TAU, check_method, expected_rope_type
+from siattn.hf.attention import DEFAULT_METHOD, check_method, expected_rope_type
 from siattn.hf.registration import DEFAULT_NAME, register
 from siattn.hf.rope import NO_ROPE_TYPE, P_ROPE_TYPE, current_rope_type, default_p_rope_base, head_dim, rope_params
 from siattn.methods import get_method
 from siattn.positional.rope import p_rope_inv_freq
+from siattn.schedule import DEFAULT_TAU
 
 
 def _text_config(model: Any) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 from siattn.errors import UsageError, check_float, check_int
 from siattn.methods import get_method
+from siattn.schedule import DEFAULT_TAU
 
 
 def pad_vocab(vocab_size: int, multiple: int = 64) -> int:
@@ -40,7 +41,7 @@ class GPTConfig:
     head_dim: int = 128
     mlp_ratio: float = 4.0
     method: str = "si-p-rope"
-    tau: float = 10.0  # scale-invariant methods only
+    tau: float = DEFAULT_TAU  # scale-invariant methods only
     train_length: int = 4096  # where NTK/YaRN start scaling and where LogN scales are initialised
     rope_theta: float = 10_000.0
     p_rope_base: float = 1024.0

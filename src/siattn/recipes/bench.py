@@ -26,10 +26,12 @@ import json
 import sys
 from pathlib import Path
 
+from siattn.backends.options import KernelOptions
 from siattn.benchmarking.cpu import reference_bytes, run_case_subprocess
 from siattn.benchmarking.cuda import add_ratios, copy_bandwidth, sdpa_default_kernels, time_decode, time_prefill
 from siattn.benchmarking.environment import versions
 from siattn.recipes.argtypes import NONNEGATIVE_INT, POSITIVE, POSITIVE_INT
+from siattn.schedule import DEFAULT_TAU
 
 HELP = "Benchmark the attention backends (CUDA: Triton vs SDPA vs FlexAttention; CPU: reference/chunked/flex)."
 
@@ -74,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", type=POSITIVE_INT, default=None, help="query heads (default 6 on CUDA, 4 on CPU)")
     p.add_argument("--kv-heads", type=POSITIVE_INT, default=None, help="key/value heads (default: = heads)")
     p.add_argument("--head-dim", type=POSITIVE_INT, default=None, help="head dim (default 128 on CUDA, 64 on CPU)")
-    p.add_argument("--tau", type=POSITIVE, default=10.0, help="τ of the scale-invariant transform")
+    p.add_argument("--tau", type=POSITIVE, default=DEFAULT_TAU, help="τ of the scale-invariant transform")
     p.add_argument("--backward", action=argparse.BooleanOptionalAction, default=True,
                    help="also time forward+backward")
     # CUDA
@@ -150,10 +152,7 @@ def run_cuda(args: argparse.Namespace) -> dict:
     kv_heads = args.kv_heads or heads
     dim = args.head_dim or 128
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    if args.autotune:
-        from siattn.backends import triton as triton_backend
-
-        triton_backend.set_autotune(True)
+    kernel = KernelOptions(autotune=bool(args.autotune))
     result = {"bench": "attention", "device": "cuda", "versions": versions(),
               "command": " ".join(sys.argv), "dtype": "bfloat16", "causal": True, "tau": args.tau,
               "flops_convention": "fwd = 4·B·H·T²·D/2 (causal); fwd+bwd = 3.5 × fwd",
@@ -163,7 +162,8 @@ def run_cuda(args: argparse.Namespace) -> dict:
     print(f"device-to-device copy: {result['copy']['gbps']:.0f} GB/s (read + write)", flush=True)
     for t, b in args.sizes:
         for name in backends:
-            row = time_prefill(name, t, b, heads, kv_heads, dim, args.tau, args.backward, args.rep_ms)
+            row = time_prefill(name, t, b, heads, kv_heads, dim, args.tau, args.backward, args.rep_ms,
+                               kernel=kernel)
             torch.cuda.empty_cache()
             result["prefill"].append(row)
             print(_prefill_line(row), flush=True)

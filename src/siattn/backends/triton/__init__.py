@@ -24,14 +24,13 @@ entry point and re-exports their names.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from siattn.backends import Backend, register_backend
+from siattn.backends.options import KernelOptions
 from siattn.backends.transforms import LogitTransform
 from siattn.backends.triton.autograd import _TritonAttention, flash_attention
-from siattn.backends.triton.autotune import _bucket, _pick, set_autotune, tuned_configs
+from siattn.backends.triton.autotune import _bucket, _pick, tuned_configs
 from siattn.backends.triton.coefficients import (
     _MODES,
     _head_slopes,
@@ -41,6 +40,7 @@ from siattn.backends.triton.coefficients import (
     poly_thresholds,
 )
 from siattn.backends.triton.configs import (
+    ARCH_DEFAULTS,
     DECODE_MAX_QUERIES,
     DECODE_MAX_ROWS,
     DEFAULT_BWD,
@@ -53,6 +53,9 @@ from siattn.backends.triton.configs import (
     FUSED_DQ_MODES,
     FUSED_DQ_ORDERS,
     FWD_CANDIDATES,
+    GENERIC_BWD,
+    GENERIC_DEFAULTS,
+    GENERIC_FWD,
     HEAD_DIMS,
     INTERPRETER_BWD,
     INTERPRETER_DECODE,
@@ -63,15 +66,19 @@ from siattn.backends.triton.configs import (
     POLY_LOGIT_TOL,
     POLY_SCORE_MAX,
     POLY_SEARCH_MAX,
+    ArchDefaults,
     BwdConfig,
     DecodeConfig,
     FwdConfig,
+    arch_defaults,
+    default_kernel_configs,
 )
 from siattn.backends.triton.launch import (
     _backward,
     _contiguous,
     _forward,
     _fused_mode,
+    _fused_setting,
     _grid,
     _head_descriptor,
     decode_attention,
@@ -81,9 +88,10 @@ from siattn.backends.triton.launch import (
     heads_per_section,
     tma_compatible,
 )
-from siattn.backends.triton.runtime import _IMPORT_ERROR, _k, _sm_count, interpreted
+from siattn.backends.triton.runtime import _IMPORT_ERROR, _k, _sm_count, capability, interpreted
 
 __all__ = [
+    "ARCH_DEFAULTS",
     "DECODE_MAX_QUERIES",
     "DECODE_MAX_ROWS",
     "DEFAULT_BWD",
@@ -96,6 +104,9 @@ __all__ = [
     "FUSED_DQ_MODES",
     "FUSED_DQ_ORDERS",
     "FWD_CANDIDATES",
+    "GENERIC_BWD",
+    "GENERIC_DEFAULTS",
+    "GENERIC_FWD",
     "HEAD_DIMS",
     "INTERPRETER_BWD",
     "INTERPRETER_DECODE",
@@ -107,15 +118,18 @@ __all__ = [
     "POLY_SCORE_MAX",
     "POLY_SEARCH_MAX",
     "_MODES",
+    "ArchDefaults",
     "BwdConfig",
     "DecodeConfig",
     "FwdConfig",
+    "KernelOptions",
     "_TritonAttention",
     "_backward",
     "_bucket",
     "_contiguous",
     "_forward",
     "_fused_mode",
+    "_fused_setting",
     "_grid",
     "_head_descriptor",
     "_head_slopes",
@@ -124,16 +138,18 @@ __all__ = [
     "_si_constants",
     "_sm_count",
     "_transform_args",
+    "arch_defaults",
+    "capability",
     "coefficient_table",
     "decode_attention",
     "decode_splits",
     "default_bwd_config",
     "default_fwd_config",
+    "default_kernel_configs",
     "flash_attention",
     "heads_per_section",
     "interpreted",
     "poly_thresholds",
-    "set_autotune",
     "tma_compatible",
     "triton_attention",
     "tuned_configs",
@@ -148,15 +164,17 @@ def use_decode(q: torch.Tensor, k: torch.Tensor, needs_grad: bool) -> bool:
     return not needs_grad and q.shape[2] <= DECODE_MAX_QUERIES and groups * q.shape[2] <= DECODE_MAX_ROWS
 
 
-def triton_attention(q, k, v, *, transform: LogitTransform, q_offset: int, causal: bool,
-                     scale: float) -> torch.Tensor:
-    """Backend entry point: split-K decoding for a few queries without gradients, else the fused kernels."""
+def triton_attention(q, k, v, *, transform: LogitTransform, q_offset: int, causal: bool, scale: float,
+                     kernel: KernelOptions | None = None) -> torch.Tensor:
+    """Backend entry point: split-K decoding for a few queries without gradients, else the fused kernels
+    (``kernel``: their options; the decoding kernel has no atomics and ignores them)."""
     if v.shape[-1] != q.shape[-1]:
         raise ValueError(f"the triton backend needs v's head dim to equal q's ({q.shape[-1]}), got {v.shape[-1]}")
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if use_decode(q, k, needs_grad):
         return decode_attention(q, k, v, transform=transform, q_offset=q_offset, causal=causal, scale=scale)
-    return flash_attention(q, k, v, transform=transform, q_offset=q_offset, causal=causal, scale=scale)
+    return flash_attention(q, k, v, transform=transform, q_offset=q_offset, causal=causal, scale=scale,
+                           kernel=kernel)
 
 
 def unsupported(
@@ -187,9 +205,6 @@ def unsupported(
 
 
 register_backend(Backend("triton", triton_attention, unsupported,
-                         "fused Triton kernels (CUDA, fp16/bf16, head dim 64/128) + split-K decoding"))
-
-
-if os.environ.get("SIATTN_TRITON_AUTOTUNE") == "1":
-    set_autotune(True)
+                         "fused Triton kernels (CUDA, fp16/bf16, head dim 64/128) + split-K decoding",
+                         takes_kernel_options=True))
 

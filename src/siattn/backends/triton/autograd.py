@@ -5,30 +5,31 @@ from __future__ import annotations
 
 import torch
 
+from siattn.backends.options import KernelOptions, check_kernel_options
 from siattn.backends.transforms import LogitTransform
-from siattn.backends.triton.configs import BwdConfig, FwdConfig
 from siattn.backends.triton.launch import _backward, _contiguous, _forward
 
 
 class _TritonAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, transform, q_offset, causal, scale, fwd_cfg, bwd_cfg):
-        out, lse = _forward(q, k, v, transform, q_offset, causal, scale, fwd_cfg)
+    def forward(ctx, q, k, v, transform, q_offset, causal, scale, options: KernelOptions):
+        out, lse = _forward(q, k, v, transform, q_offset, causal, scale, options=options)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.config = (transform, q_offset, causal, scale, bwd_cfg)
+        ctx.config = (transform, q_offset, causal, scale, options)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        transform, q_offset, causal, scale, bwd_cfg = ctx.config
-        dq, dk, dv = _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, bwd_cfg)
-        return dq, dk, dv, None, None, None, None, None, None
+        transform, q_offset, causal, scale, options = ctx.config
+        dq, dk, dv = _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, options=options)
+        return dq, dk, dv, None, None, None, None, None
 
 
 def flash_attention(q, k, v, *, transform: LogitTransform, q_offset: int, causal: bool, scale: float,
-                    fwd_config: FwdConfig | None = None, bwd_config: BwdConfig | None = None) -> torch.Tensor:
-    """The FlashAttention-style kernels (forward + backward) for any query length."""
+                    kernel: KernelOptions | None = None) -> torch.Tensor:
+    """The FlashAttention-style kernels (forward + backward) for any query length; ``kernel``: tilings,
+    autotuning, determinism and the far-tile polynomials (:class:`~siattn.backends.options.KernelOptions`)."""
     q, k, v = _contiguous(q), _contiguous(k), _contiguous(v)
-    return _TritonAttention.apply(q, k, v, transform, q_offset, causal, scale, fwd_config, bwd_config)
+    return _TritonAttention.apply(q, k, v, transform, q_offset, causal, scale, check_kernel_options(kernel))

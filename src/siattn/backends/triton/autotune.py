@@ -1,18 +1,12 @@
 """The optional autotuner: on the first launch of each shape class it times the candidate configurations and
-keeps the fastest (off by default; ``set_autotune(True)`` or ``SIATTN_TRITON_AUTOTUNE=1``)."""
+keeps the fastest (off by default; ``KernelOptions(autotune=True)``)."""
 
 from __future__ import annotations
 
 from siattn.backends.triton.configs import INTERPRETER_BWD, INTERPRETER_FWD
 from siattn.backends.triton.runtime import interpreted
 
-_AUTOTUNE = {"enabled": False}
-_TUNED: dict[tuple, object] = {}
-
-
-def set_autotune(enabled: bool) -> None:
-    """Time the candidate configurations on the first call of each shape class and keep the fastest."""
-    _AUTOTUNE["enabled"] = bool(enabled)
+_TUNED: dict[tuple, object] = {}  # the tilings picked so far, by kernel and shape class
 
 
 def tuned_configs() -> dict[str, str]:
@@ -24,15 +18,17 @@ def _bucket(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _pick(kind: str, key: tuple, candidates, default, run):
-    """Return the tuned config for ``key``: ``run(cfg)`` launches one candidate (used only while tuning)."""
+def _pick(kind: str, key: tuple, candidates, default, run, enabled: bool):
+    """The tiling of one launch: ``default`` unless ``enabled`` (``KernelOptions.autotune``), then the tuned one for
+    ``key``, timing the candidates on the first call (``run(cfg)`` launches one). The interpreter's small tiles
+    under the interpreter."""
     if interpreted():
         return INTERPRETER_FWD if kind == "fwd" else INTERPRETER_BWD
+    if not enabled:
+        return default
     full = (kind, *key)
     if full in _TUNED:
         return _TUNED[full]
-    if not _AUTOTUNE["enabled"]:
-        return default
     from triton.testing import do_bench
 
     best, best_ms = default, float("inf")

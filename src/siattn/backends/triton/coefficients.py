@@ -14,9 +14,6 @@ from siattn.backends.triton.autotune import _bucket
 from siattn.backends.triton.configs import LN2, LOG2E, NEVER, POLY_LOGIT_TOL, POLY_SCORE_MAX, POLY_SEARCH_MAX
 from siattn.positional.alibi import alibi_slopes
 
-POLY_ENABLED = True  # False: exact per-element transform on every tile (for measuring what the tables save)
-
-
 
 @functools.lru_cache(maxsize=64)
 def _si_constants(transform: LogitTransform, scale: float) -> dict[str, float]:
@@ -95,10 +92,11 @@ def _slopes(num_heads: int, device: str) -> torch.Tensor:
 _MODES = {"none": 0, "scale-invariant": 1, "alibi": 2}
 
 
-def _transform_args(transform, scale, window, length, num_heads, device, causal):
-    """(COEF, SLOPES, constants, (T1, T2, T3)) for one launch."""
+def _transform_args(transform, scale, window, length, num_heads, device, causal, poly: bool = True):
+    """(COEF, SLOPES, constants, (T1, T2, T3)) for one launch. ``poly`` False (``KernelOptions``'
+    ``far_tile_polynomials``): no polynomial tiles, the exact per-element transform everywhere."""
     consts = _si_constants(transform, scale)
-    if transform.kind == "scale-invariant" and causal and POLY_ENABLED:
+    if transform.kind == "scale-invariant" and causal and poly:
         coef = coefficient_table(transform, scale, window, length, device)
         thresholds = poly_thresholds(*transform.parameters, window)
     else:

@@ -1,5 +1,6 @@
-"""The kernels' tiling and program-order choices: typed configurations, the defaults measured on the H200,
-the small tiles the CPU interpreter runs, and the candidates the optional autotuner times."""
+"""The kernels' tiling and program-order choices: typed configurations, the defaults per GPU architecture
+(measured on the H200 for sm_90), the small tiles the CPU interpreter runs, and the candidates the optional
+autotuner times."""
 
 from __future__ import annotations
 
@@ -65,14 +66,16 @@ class BwdConfig:
     polynomials, dP after P and the dQᵀ product before dV. ``fused_dq``: "off" runs a separate dQ kernel (which
     recomputes S and dP); "atomics" or "tma" let the dK/dV kernel also accumulate dQ in float32 (one more product
     per tile, added through per-element atomics or TMA bulk reductions; the interpreter has no TMA reductions and
-    uses atomics); "auto" is "tma" for the scale-invariant transform on CUDA (H200, whole backward: −8.5% / −5% / −3% at
-    4k / 16k / 64k) and "off" otherwise (the plain kernel was 4–5% slower fused). Float atomics add in no fixed
-    order, so a fused dQ is not bitwise reproducible from run to run; "off" is. ``section``: the program order of
-    both kernels (see :func:`heads_per_section`; 0 picks it from the shape). ``dkdv_tma_loads``: the dK/dV kernel
-    reads its query and dO tiles with TMA (as ``FwdConfig.tma_loads``). ``fused_dq_order``: where the fused kernel
-    issues its dQᵀ product: "after-dk" (dV, dK, dQᵀ), "before-dk" (dV, dQᵀ, dK: the dK product then runs on during
-    the reduction and the next step's loads, since Triton waits for the dQᵀ product, and every product issued before
-    it, right away) or "before-dv" (dQᵀ, dV, dK: both accumulating products run on)."""
+    uses atomics); "auto" is the architecture's ``ArchDefaults.fused_dq_si`` for the scale-invariant transform
+    ("tma" on sm_90: H200, whole backward: −8.5% / −5% / −3% at 4k / 16k / 64k; "off" elsewhere) and "off"
+    otherwise (the plain kernel was 4–5% slower fused). Float atomics add in no fixed order, so a fused dQ is not
+    bitwise reproducible from run to run; "off" is (``KernelOptions(deterministic=True)`` turns "auto" to "off").
+    ``section``: the program order of both kernels (see :func:`heads_per_section`; 0 picks it from the shape).
+    ``dkdv_tma_loads``: the dK/dV kernel reads its query and dO tiles with TMA (as ``FwdConfig.tma_loads``).
+    ``fused_dq_order``: where the fused kernel issues its dQᵀ product: "after-dk" (dV, dK, dQᵀ), "before-dk" (dV,
+    dQᵀ, dK: the dK product then runs on during the reduction and the next step's loads, since Triton waits for the
+    dQᵀ product, and every product issued before it, right away) or "before-dv" (dQᵀ, dV, dK: both accumulating
+    products run on)."""
 
     dkdv_m: int = 32
     dkdv_n: int = 128
@@ -128,8 +131,57 @@ INTERPRETER_FWD = FwdConfig(16, 16, 1, 1, False, True, False)
 INTERPRETER_BWD = BwdConfig(16, 16, 1, 1, 16, 16, 1, 1)
 INTERPRETER_DECODE = DecodeConfig(16, 1, 1, 1)
 
-# candidates tried by the optional autotuner (``set_autotune(True)``; the benchmark turns it on); the dK/dV and
-# dQ kernels are tuned separately (only the dkdv_* or dq_* fields of a candidate matter)
+# any architecture without a row below: per-thread loads and a separate dQ kernel (no TMA descriptors or TMA
+# reductions, which need sm_90)
+GENERIC_FWD = DEFAULT_FWD
+GENERIC_BWD = dataclasses.replace(DEFAULT_BWD, fused_dq="off")
+
+
+@dataclass(frozen=True)
+class ArchDefaults:
+    """The tilings used without autotuning on one GPU architecture: ``fwd``/``bwd`` for plain and ALiBi logits,
+    ``fwd_si``/``bwd_si`` for the scale-invariant transform; ``fused_dq_si``: what ``BwdConfig.fused_dq="auto"``
+    means for the scale-invariant transform there (plain and ALiBi logits: "off")."""
+
+    fwd: FwdConfig
+    bwd: BwdConfig
+    fwd_si: FwdConfig
+    bwd_si: BwdConfig
+    fused_dq_si: str = "off"
+
+    def __post_init__(self) -> None:
+        if self.fused_dq_si not in FUSED_DQ_MODES:
+            raise ValueError(f"fused_dq_si must be one of {list(FUSED_DQ_MODES)}, got {self.fused_dq_si!r}")
+
+
+# compute capability (major, minor) -> defaults; where each row was measured:
+#   (9, 0): H200 (benchmarks/kernel_h200.py, results/kernel-h200/README.md)
+#   GENERIC_DEFAULTS, every other capability (sm_80, sm_89, sm_100, ...) and the CPU interpreter: not measured
+ARCH_DEFAULTS: dict[tuple[int, int], ArchDefaults] = {
+    (9, 0): ArchDefaults(DEFAULT_FWD, DEFAULT_BWD, DEFAULT_FWD_SI, DEFAULT_BWD_SI, fused_dq_si="tma"),
+}
+GENERIC_DEFAULTS = ArchDefaults(GENERIC_FWD, GENERIC_BWD, GENERIC_FWD, GENERIC_BWD)
+
+
+def arch_defaults(capability: tuple[int, int] | None) -> ArchDefaults:
+    """The row of ``ARCH_DEFAULTS`` for compute ``capability`` (None: not a GPU, e.g. the interpreter), else the
+    generic one."""
+    return ARCH_DEFAULTS.get(tuple(capability), GENERIC_DEFAULTS) if capability is not None else GENERIC_DEFAULTS
+
+
+def default_kernel_configs(capability: tuple[int, int] | None,
+                           transform: str = "scale-invariant") -> tuple[FwdConfig, BwdConfig]:
+    """(forward, backward) tilings for a GPU of compute ``capability`` (None: not a GPU, e.g. the interpreter)
+    and a transform kind ("none", "alibi", "scale-invariant"): its row of ``ARCH_DEFAULTS``, else the generic
+    configuration."""
+    row = arch_defaults(capability)
+    if transform == "scale-invariant":
+        return row.fwd_si, row.bwd_si
+    return row.fwd, row.bwd
+
+
+# candidates tried by the optional autotuner (``KernelOptions(autotune=True)``; the benchmark turns it on); the
+# dK/dV and dQ kernels are tuned separately (only the dkdv_* or dq_* fields of a candidate matter)
 FWD_CANDIDATES = (
     FwdConfig(128, 64, 8, 3, False, True, True),
     DEFAULT_FWD_SI,

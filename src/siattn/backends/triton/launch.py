@@ -3,19 +3,17 @@ and split-K decoding."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
+from siattn.backends.options import DEFAULT_KERNEL_OPTIONS, KernelOptions
 from siattn.backends.transforms import LogitTransform
 from siattn.backends.triton.autotune import _bucket, _pick
 from siattn.backends.triton.coefficients import _MODES, _head_slopes, _si_constants, _transform_args
 from siattn.backends.triton.configs import (
-    DEFAULT_BWD,
-    DEFAULT_BWD_SI,
     DEFAULT_DECODE,
-    DEFAULT_FWD,
-    DEFAULT_FWD_SI,
     DKDV_CANDIDATES,
     DQ_CANDIDATES,
     FUSED_DQ_MODES,
@@ -26,8 +24,18 @@ from siattn.backends.triton.configs import (
     BwdConfig,
     DecodeConfig,
     FwdConfig,
+    arch_defaults,
+    default_kernel_configs,
 )
-from siattn.backends.triton.runtime import TensorDescriptor, _k, _sm_count, _use_asm, interpreted, triton
+from siattn.backends.triton.runtime import (
+    TensorDescriptor,
+    _k,
+    _sm_count,
+    _use_asm,
+    capability,
+    interpreted,
+    triton,
+)
 
 
 def heads_per_section(n_tiles: int, n_heads: int, sms: int) -> int:
@@ -73,31 +81,47 @@ def tma_compatible(*tensors: torch.Tensor) -> bool:
 
 
 def default_fwd_config(transform: LogitTransform, k: torch.Tensor, v: torch.Tensor) -> FwdConfig:
-    """The forward tiling used without autotuning: ``DEFAULT_FWD_SI`` for the scale-invariant transform where
-    k and v can be read through TMA, else ``DEFAULT_FWD``."""
-    if transform.kind == "scale-invariant" and tma_compatible(k, v) and not interpreted():
-        return DEFAULT_FWD_SI
-    return DEFAULT_FWD
+    """The forward tiling used without autotuning: the device's row of ``ARCH_DEFAULTS`` for the transform
+    (:func:`~siattn.backends.triton.configs.default_kernel_configs`; on sm_90 ``DEFAULT_FWD_SI`` for the
+    scale-invariant transform), or the row's plain tiling where that reads k and v through TMA and they do not
+    allow it."""
+    fwd, _ = default_kernel_configs(capability(k.device), transform.kind)
+    if fwd.tma_loads and not tma_compatible(k, v):
+        return arch_defaults(capability(k.device)).fwd
+    return fwd
 
 
-def default_bwd_config(transform: LogitTransform) -> BwdConfig:
-    """The backward tiling used without autotuning: ``DEFAULT_BWD_SI`` for the scale-invariant transform, else
-    ``DEFAULT_BWD``."""
-    return DEFAULT_BWD_SI if transform.kind == "scale-invariant" else DEFAULT_BWD
+def default_bwd_config(transform: LogitTransform, device: torch.device | str,
+                       options: KernelOptions = DEFAULT_KERNEL_OPTIONS, parts: tuple[str, ...] = ("dkdv", "dq"),
+                       cfg: BwdConfig | None = None) -> BwdConfig:
+    """The backward tiling used without autotuning, its ``fused_dq`` resolved to "off", "atomics" or "tma".
+
+    ``cfg`` (else ``options.backward``) when given; otherwise the device's row of ``ARCH_DEFAULTS``: with the fused
+    dQ (the scale-invariant default on sm_90) its ``bwd_si``, with a separate dQ kernel its ``bwd``.
+    ``options.deterministic`` turns the fused dQ off."""
+    row = arch_defaults(capability(device))
+    cfg = cfg or options.backward
+    si = transform.kind == "scale-invariant"
+    setting = "off" if options.deterministic else (cfg or (row.bwd_si if si else row.bwd)).fused_dq
+    setting = _fused_setting(setting, transform, parts, row.fused_dq_si)
+    base = cfg or (row.bwd_si if setting != "off" else row.bwd)
+    return base if base.fused_dq == setting else dataclasses.replace(base, fused_dq=setting)
 
 
 def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None = None,
-             stats: dict | None = None):
-    """(out, lse). ``stats``, if given, receives "recomputed": the fraction of query blocks the fixed-offset
-    forward had to recompute online (0.0 when it was not used; reading it synchronises)."""
+             stats: dict | None = None, options: KernelOptions = DEFAULT_KERNEL_OPTIONS):
+    """(out, lse). ``cfg`` (else ``options.forward``; else the default or, with ``options.autotune``, the tuned
+    tiling). ``stats``, if given, receives "recomputed": the fraction of query blocks the fixed-offset forward
+    had to recompute online (0.0 when it was not used; reading it synchronises)."""
     batch, heads, tq, dim = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, tq, device=q.device, dtype=torch.float32)
+    poly = options.far_tile_polynomials
 
     def launch(c: FwdConfig):
         coef, slopes, consts, (t1, t2, t3) = _transform_args(transform, scale, c.block_n, q_offset + tq,
-                                                              heads, q.device, causal)
+                                                              heads, q.device, causal, poly)
         n_blocks = triton.cdiv(tq, c.block_m)
         grid = _grid(c.section, n_blocks, batch * heads, q.device)
         static = c.static and tk >= c.static_min_keys
@@ -120,15 +144,18 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
         if stats is not None:
             stats["recomputed"] = flags.float().mean().item() if static else 0.0
 
+    cfg = cfg or options.forward
     if cfg is None:
-        key = (dim, q.dtype, transform.kind, causal, heads // hkv, _bucket(tq), _bucket(tk))
-        cfg = _pick("fwd", key, FWD_CANDIDATES, default_fwd_config(transform, k, v), launch)
+        key = (dim, q.dtype, transform.kind, causal, heads // hkv, _bucket(tq), _bucket(tk), poly)
+        cfg = _pick("fwd", key, FWD_CANDIDATES, default_fwd_config(transform, k, v), launch, options.autotune)
     launch(cfg)
     return out, lse
 
 
 def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: BwdConfig | None = None,
-              parts: tuple[str, ...] = ("dkdv", "dq")):
+              parts: tuple[str, ...] = ("dkdv", "dq"), options: KernelOptions = DEFAULT_KERNEL_OPTIONS):
+    """(dq, dk, dv) of the kernels ``parts`` (the other gradients are left uninitialised). ``cfg`` (else
+    ``options.backward``; else :func:`default_bwd_config` or, with ``options.autotune``, the tuned tiling)."""
     batch, heads, tq, dim = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     groups = heads // hkv
@@ -154,9 +181,11 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
     mode = _MODES[transform.kind]
     consts = _si_constants(transform, scale)
     ds_scale = LN2 if transform.kind == "scale-invariant" else scale
+    poly = options.far_tile_polynomials
 
     def launch_dkdv(c: BwdConfig, dq_acc: torch.Tensor | None = None, fused: int = 0):
-        coef, slopes, _, th = _transform_args(transform, scale, c.dkdv_m, q_offset + tq, heads, q.device, causal)
+        coef, slopes, _, th = _transform_args(transform, scale, c.dkdv_m, q_offset + tq, heads, q.device, causal,
+                                              poly)
         tma = c.dkdv_tma_loads and tma_compatible(q, dout)
         q_arg, do_arg = (_head_descriptor(q, c.dkdv_m), _head_descriptor(dout, c.dkdv_m)) if tma else (q, dout)
         if fused == 2:  # TMA reductions into the accumulator seen as (B·H·D, Tq): one head's dQᵀ is D rows
@@ -178,7 +207,8 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
         )
 
     def launch_dq(c: BwdConfig):
-        coef, slopes, _, th = _transform_args(transform, scale, c.dq_n, q_offset + tq, heads, q.device, causal)
+        coef, slopes, _, th = _transform_args(transform, scale, c.dq_n, q_offset + tq, heads, q.device, causal,
+                                              poly)
         _k.bwd_dq_kernel[_grid(c.section, triton.cdiv(tq, c.dq_m), batch * heads, q.device)](
             q, k, v, dout, lse, delta, dq, coef, slopes,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -190,8 +220,12 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
             USE_ASM=_use_asm(), num_warps=c.dq_warps, num_stages=c.dq_stages,
         )
 
-    key = (dim, q.dtype, transform.kind, causal, groups, _bucket(tq), _bucket(tk))
-    fused = _fused_mode((cfg or DEFAULT_BWD).fused_dq, transform, parts)
+    key = (dim, q.dtype, transform.kind, causal, groups, _bucket(tq), _bucket(tk), poly)
+    explicit = cfg or options.backward
+    default = default_bwd_config(transform, q.device, options, parts, explicit)
+    cfg = default if explicit is not None else None
+    tune = options.autotune
+    fused = _fused_mode(default.fused_dq)
     if fused:  # one kernel for dK, dV and dQ
 
         def launch_fused(c: BwdConfig):
@@ -202,24 +236,30 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
                 dq_acc, dq, dq.stride(0), dq.stride(1), dq.stride(2), heads, tq, dq_pitch, ds_scale,
                 HEAD_DIM=dim, BLOCK=64)
 
-        launch_fused(cfg or _pick("fused", key, DKDV_CANDIDATES, default_bwd_config(transform), launch_fused))
+        launch_fused(cfg or _pick("fused", key, DKDV_CANDIDATES, default, launch_fused, tune))
         return dq, dk, dv
     preprocess()
     if "dkdv" in parts:
-        launch_dkdv(cfg or _pick("dkdv", key, DKDV_CANDIDATES, DEFAULT_BWD, launch_dkdv))
+        launch_dkdv(cfg or _pick("dkdv", key, DKDV_CANDIDATES, default, launch_dkdv, tune))
     if "dq" in parts:
-        launch_dq(cfg or _pick("dq", key, DQ_CANDIDATES, DEFAULT_BWD, launch_dq))
+        launch_dq(cfg or _pick("dq", key, DQ_CANDIDATES, default, launch_dq, tune))
     return dq, dk, dv
 
 
-def _fused_mode(setting: str, transform: LogitTransform, parts: tuple[str, ...]) -> int:
-    """``BwdConfig.fused_dq`` resolved for one backward: 0 (separate dQ kernel), 1 (atomics) or 2 (TMA)."""
+def _fused_setting(setting: str, transform: LogitTransform, parts: tuple[str, ...], auto_si: str) -> str:
+    """``BwdConfig.fused_dq`` resolved for one backward to "off", "atomics" or "tma"; "auto" is ``auto_si`` (the
+    architecture's choice) for the scale-invariant transform and "off" otherwise, and for part of the backward."""
     whole = set(parts) == {"dkdv", "dq"}
     if setting == "auto":
-        return 2 if transform.kind == "scale-invariant" and whole and not interpreted() else 0
+        return auto_si if transform.kind == "scale-invariant" and whole else "off"
     if setting != "off" and not whole:
         raise ValueError(f"fused_dq={setting!r} computes every gradient in one kernel; parts must be "
                          f"('dkdv', 'dq'), got {parts!r}")
+    return setting
+
+
+def _fused_mode(setting: str) -> int:
+    """The kernels' FUSED_DQ of a resolved ``fused_dq``: 0 (separate dQ kernel), 1 (atomics) or 2 (TMA)."""
     mode = FUSED_DQ_MODES[setting]
     return 1 if mode == 2 and interpreted() else mode  # the interpreter has no TMA reductions
 

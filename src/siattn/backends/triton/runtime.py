@@ -1,5 +1,5 @@
 """Whether the Triton kernels can run here: the triton import, the kernels module (compiled, or interpreted on the
-CPU when ``TRITON_INTERPRET=1`` was set before it was imported) and the device's SM count."""
+CPU when ``TRITON_INTERPRET=1`` was set before it was imported), the device's SM count and compute capability."""
 
 from __future__ import annotations
 
@@ -35,3 +35,17 @@ def _sm_count(device: str) -> int:
     if device.startswith("cuda"):
         return torch.cuda.get_device_properties(torch.device(device)).multi_processor_count
     return 4
+
+
+def capability(device: torch.device | str) -> tuple[int, int] | None:
+    """Compute capability (major, minor) of a CUDA device the kernels run compiled on; None under the interpreter
+    or off CUDA (the row of :data:`~siattn.backends.triton.configs.ARCH_DEFAULTS` to use)."""
+    device = str(device)
+    if interpreted() or not device.startswith("cuda"):
+        return None
+    return _capability(device)
+
+
+@functools.lru_cache(maxsize=8)
+def _capability(device: str) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(torch.device(device)))
