@@ -145,35 +145,35 @@ _RETRIEVAL_SCALE_RUNS = (
     *(RunSpec("si-p-rope", overrides=(*_SIZES["s"], ("p_rope_fraction", f)), tag=f"s-frac{f}") for f in (0.25, 0.75)),
 )
 
-STUDIES: dict[str, Study] = {
-    "gpu-small": Study(
+STUDIES: dict[str, Study] = {study.name: study for study in (
+    Study(
         name="gpu-small",
         question="Trained at 2k tokens, which methods keep their loss and their retrieval at 4× and 16× (and 64×)?",
         preset="gpu-small",
         runs=_GPU_SMALL_RUNS,
     ),
-    "gpu-small-4k": Study(
+    Study(
         name="gpu-small-4k",
         question="At the paper's own lengths (train 4k, evaluate 16k and 64k), does the comparison hold?",
         preset="gpu-small",
         overrides=(("seq_len", 4096), ("batch_size", 32), ("micro_batch_size", 16)),
         runs=tuple(RunSpec(m) for m in ("si-p-rope", "rope", "alibi", "logn-p-rope")),
     ),
-    "gpu-small-tau": Study(
+    Study(
         name="gpu-small-tau",
         question="The paper's τ sweep (appendix): is τ = 10 the best at 16× for scale-invariant p-RoPE?",
         preset="gpu-small",
         runs=tuple(RunSpec("si-p-rope", overrides=(("tau", tau),), tag=f"tau{tau:g}")
                    for tau in (0.01, 0.1, 1.0, 10.0, 100.0)),
     ),
-    "retrieval-scale": Study(
+    Study(
         name="retrieval-scale",
         question="Between cpu-tiny (no retrieval past 1×) and gpu-small, where does retrieval at 4× and 16× appear, "
                  "and is a small model's failure in its size, its tokens or its p-RoPE frequencies?",
         preset="gpu-small",
         runs=_RETRIEVAL_SCALE_RUNS,
     ),
-    "cpu-tiny": Study(
+    Study(
         name="cpu-tiny",
         question="At 0.87M parameters on 2 CPU cores, which methods keep their loss and retrieval at 4× and 16×?",
         preset="cpu-tiny",
@@ -181,7 +181,7 @@ STUDIES: dict[str, Study] = {
         eval_tokens=1 << 16, eval_batch_tokens=1 << 14,
         needle=Retrieval("needle", batch_size=8), passkey=Retrieval("passkey", batch_size=8),
     ),
-}
+)}
 
 
 def get_study(name: str) -> Study:
