@@ -251,7 +251,9 @@ def prune_checkpoints(folder: Path, keep: int, line: Collection[int] | None = No
     Only steps in ``line`` (the run's own lineage; None: all) are considered. Walking from the newest, each
     checkpoint is verified until ``keep`` good ones are found; everything older than those goes (corrupt and
     incomplete ones included), everything newer stays. So the last good checkpoint is never deleted, and a
-    corrupt or incomplete one never counts as kept. Returns the deleted folders.
+    corrupt or incomplete one never counts as kept. A folder is renamed to a temporary name before it is
+    removed, so a process killed while removing it leaves no ``step_*`` folder that still has its COMPLETE marker
+    but lacks files (the next save removes the leftover). Returns the deleted folders.
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
@@ -261,8 +263,10 @@ def prune_checkpoints(folder: Path, keep: int, line: Collection[int] | None = No
         path = folder / f"step_{s:06d}"
         if good < keep:
             good += _verified(path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+        else:  # out of the step_* names first: a removal cut short leaves no marked, partly deleted folder
+            aside = temporary_name(path, "old")
+            os.replace(path, aside)
+            shutil.rmtree(aside, ignore_errors=True)
             deleted.append(path)
     return deleted
 
