@@ -135,7 +135,7 @@ def _model(**kw: Any) -> GPTConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # ~3 minutes on 2 idle CPU cores (results/train-cpu-tiny.md): 400 steps × 8 × 512 bytes = 1.6M bytes, 0.14
+    # ~3 minutes on 2 idle CPU cores (results/main-job): 400 steps × 8 × 512 bytes = 1.6M bytes, 0.14
     # of one pass over the 11.6 MB stdlib training split. The short run wants larger steps than the paper's
     # 4578: Muon 0.05 (Muon's relative update size does not depend on the width), head and LogN-scale Adam 0.008
     # (modded-nanogpt's head lr), and a longer cool-down (40% of the steps).
