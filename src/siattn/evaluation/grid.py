@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -541,7 +540,3 @@ def describe(study: Study, out: Path) -> str:
             for r in study.runs]
     return markdown_table(["run", "method", "seed", "backend", "extensions", "extra lengths", "status"], rows)
 
-
-def protocol(study: Study) -> dict[str, Any]:
-    """The study's protocol as JSON-able data (written next to its results)."""
-    return json.loads(json.dumps(dataclasses.asdict(study), default=str))
