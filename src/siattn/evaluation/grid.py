@@ -248,17 +248,11 @@ def convergence(metrics: Sequence[dict[str, Any]], train_length: int) -> dict[st
 
 def loss_by_length(model: torch.nn.Module, tokens: Any, lengths: Sequence[int], n_tokens: int,
                    batch_tokens: int, progress: bool) -> dict[str, Any]:
-    """Loss at every length over the same scored tokens (:func:`siattn.evaluation.loss_by_length.scored_tokens`)."""
-    from siattn.evaluation.loss_by_length import loss_at_length
-    from siattn.training.validation import scored_tokens
+    """Loss at every length over the same scored tokens, as JSON (:func:`siattn.evaluation.loss_at_lengths`)."""
+    from siattn.evaluation.loss_by_length import loss_at_lengths
 
-    n = scored_tokens(n_tokens, lengths)
-    out = {}
-    for length in lengths:
-        res = loss_at_length(model, tokens, length, n, batch_size=max(1, batch_tokens // length),
-                             progress=progress)
-        out[str(length)] = res.to_dict()
-    return out
+    results = loss_at_lengths(model, tokens, lengths, n_tokens, batch_tokens=batch_tokens, progress=progress)
+    return {str(length): res.to_dict() for length, res in results.items()}
 
 
 def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Module]], base: torch.nn.Module,
@@ -266,13 +260,13 @@ def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Modul
               log: Callable[[str], Any]) -> dict[str, Any]:
     """Fine-tune ``base`` (in place) on the protocol's task at ``train_length``, then evaluate it under every
     method of ``models`` (name -> a function that returns the fine-tuned weights under that method)."""
-    from siattn.evaluation.needle import NeedleTask, decoding_model, evaluate_retrieval, finetune
-    from siattn.evaluation.passkey import PasskeyTask
+    from siattn.evaluation.needle import decoding_model, evaluate_retrieval, finetune
+    from siattn.evaluation.passkey import retrieval_task
 
     tok = ds.tokenizer
 
     def task(split: str) -> Any:
-        return NeedleTask(ds.split(split), tok) if protocol.task == "needle" else PasskeyTask(tok)
+        return retrieval_task(protocol.task, ds.split(split), tok)
 
     t0 = time.perf_counter()
     ft = finetune(base, task("train"), length=train_length, train_config=train_config, warmup=protocol.warmup,

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from siattn.evaluation.needle import Needle, NeedleScore, RetrievalExample, answer_line, encode
+from siattn.evaluation.needle import Needle, NeedleScore, NeedleTask, RetrievalExample, answer_line, encode
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will "
          "quiz you about the important information there.")
@@ -75,3 +75,9 @@ class PasskeyTask:
     def score(self, example: RetrievalExample, text: str) -> list[NeedleScore]:
         ok = score_passkey(text, example.needles[0].value)
         return [NeedleScore(key=True, value=ok, correct=ok)]
+
+
+def retrieval_task(name: str, tokens: Any, tokenizer: Any) -> NeedleTask | PasskeyTask:
+    """The task called ``name``: "needle" (haystacks cut from ``tokens``) or "passkey" (filler text; ``tokens``
+    unused)."""
+    return NeedleTask(tokens, tokenizer) if name == "needle" else PasskeyTask(tokenizer)

@@ -71,13 +71,6 @@ def stage_settings(args: argparse.Namespace, stage: str, ckpt: Checkpoint, batch
     return s
 
 
-def make_task(name: str, tokens: Any, tokenizer: Any) -> Any:
-    from siattn.evaluation.needle import NeedleTask
-    from siattn.evaluation.passkey import PasskeyTask
-
-    return NeedleTask(tokens, tokenizer) if name == "needle" else PasskeyTask(tokenizer)
-
-
 def write_reports(out: Path, result: dict[str, Any], depth_bins: int) -> str:
     """{task}.md and the heat maps from the JSON contents; returns the accuracy table."""
     from siattn.evaluation.needle import depth_accuracy
@@ -155,6 +148,7 @@ def main(args: argparse.Namespace) -> int:
     from siattn.data import load_tokenizer
     from siattn.errors import check_output_folder
     from siattn.evaluation.needle import finetune
+    from siattn.evaluation.passkey import retrieval_task
     from siattn.training import TrainConfig, load_checkpoint, save_checkpoint
 
     check_output_folder("--out", args.out)
@@ -196,7 +190,7 @@ def main(args: argparse.Namespace) -> int:
         old = previous.get("checkpoints", {}).get(ckpt.label, {}).get("stages", {})
         entry: dict[str, Any] = {**ckpt.describe(), "stages": {}}
         result["checkpoints"][ckpt.label] = entry
-        eval_task = make_task(task_name, ds.val if ds else None, tokenizer)
+        eval_task = retrieval_task(task_name, ds.val if ds else None, tokenizer)
         common = dict(ckpt=ckpt, task=eval_task, tokenizer=tokenizer, lengths=lengths, entry=entry,
                       result=result, json_path=json_path)
 
@@ -215,7 +209,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"{ckpt.label}: reusing the fine-tuned weights in {saved}")
                 model, _, _ = load_checkpoint(saved, device, attn_backend=args.attn_backend, method=args.method)
             else:
-                ft_task = make_task(task_name, ds.train if ds else None, tokenizer)
+                ft_task = retrieval_task(task_name, ds.train if ds else None, tokenizer)
                 ft = finetune(model, ft_task, length=ckpt.train_length, train_config=train_config,
                               warmup=args.warmup, constant=args.constant, decay=args.decay, batch_size=batch,
                               micro_batch_size=micro, lr_scale=args.lr_scale, seed=args.seed,
