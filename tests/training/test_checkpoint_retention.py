@@ -132,17 +132,6 @@ def test_temporary_folder_of_a_killed_writer_is_removed_by_the_next_save(tmp_pat
 
 # ---- through the trainer ----
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    from siattn.data import prepare_dataset
-
-    src = tmp_path_factory.mktemp("corpus")
-    for i in range(20):
-        (src / f"f{i}.txt").write_text("".join(f"line {i} {j} of some text\n" for j in range(40)))
-    out = tmp_path_factory.mktemp("data") / "d"
-    prepare_dataset(str(src), out, val_fraction=0.2, progress=False)
-    return out
-
 
 def test_trainer_resumed_from_an_older_step_keeps_it_and_leaves_the_abandoned_line(tmp_path, dataset):
     from siattn.training.trainer import train

@@ -79,17 +79,6 @@ sys.exit(main(sys.argv[4:]))
 CALLS = {"save_file": (2, 3), "write_bytes": (3, 4), "rmtree": (None, 1)}
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    from siattn.data import prepare_dataset
-
-    src = tmp_path_factory.mktemp("corpus")
-    for i in range(12):
-        (src / f"f{i}.txt").write_text("".join(f"document {i}, line {j}: some text to learn\n" for j in range(60)))
-    out = tmp_path_factory.mktemp("data") / "d"
-    prepare_dataset(str(src), out, val_fraction=0.2, progress=False)
-    return out
-
 
 def train_argv(dataset: Path, out: Path) -> list[str]:
     return ["train", "--preset", "cpu-tiny", "--n-layer", "1", "--n-embd", "32", "--head-dim", "16", "--n-head",
