@@ -13,8 +13,10 @@ would): a backend is as accurate as plain PyTorch when
 
 (the floor only matters where the plain formula happens to be almost exact). The rule is meant for half-precision
 inputs, where rounding the inputs and P dominates: with float32 inputs a FlashAttention-style backward's
-recomputed P = e^(L − lse) carries about eps·|lse| of error that a plain softmax does not. Peaked attention (queries scaled up so a
-few keys take almost all the weight) is where the backward's cancellations show: dS = P·(dP − rowsum(P·dP)).
+recomputed P = e^(L − lse) carries about eps·|lse| of error that a plain softmax does not.
+
+Peaked attention (queries scaled up so a few keys take almost all the weight) is where the backward's
+cancellations show: dS = P·(dP − Δ), Δ = Σ_j P·dP, is small where P ≈ 1 (see KernelOptions.row_term).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from siattn.backends import LogitTransform, run_backend
+from siattn.backends import KernelOptions, LogitTransform, run_backend
 from siattn.backends.reference import reference_attention
 
 QUANTITIES = ("out", "dq", "dk", "dv")
@@ -104,10 +106,12 @@ def reference_fn(transform: LogitTransform, q_offset: int, *, math_dtype: torch.
     return fn
 
 
-def backend_fn(backend: str, transform: LogitTransform, q_offset: int) -> AttentionFn:
+def backend_fn(backend: str, transform: LogitTransform, q_offset: int, kernel: KernelOptions | None = None
+               ) -> AttentionFn:
     """Backend ``backend`` (:func:`siattn.backends.run_backend`) as a function of (q, k, v)."""
     def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return run_backend(q, k, v, transform=transform, q_offset=q_offset, causal=True, backend=backend)
+        return run_backend(q, k, v, transform=transform, q_offset=q_offset, causal=True, backend=backend,
+                           kernel=kernel)
     return fn
 
 
@@ -139,9 +143,10 @@ class AccuracyRow:
 
 
 def measure_case(case: AccuracyCase, backends: Iterable[str], *, dtype: torch.dtype, seed: int,
-                 transform: LogitTransform, device: str | torch.device = "cpu", factor: float = 2.0
-                 ) -> list[AccuracyRow]:
-    """One row per backend: its errors and the plain formula's on ``case`` (inputs rounded to ``dtype``)."""
+                 transform: LogitTransform, device: str | torch.device = "cpu", factor: float = 2.0,
+                 kernel: KernelOptions | None = None) -> list[AccuracyRow]:
+    """One row per backend: its errors and the plain formula's on ``case`` (inputs rounded to ``dtype``);
+    ``kernel``: options of the triton backend."""
     q64, k64, v64, g64 = case_inputs(case, seed=seed, device=device)
     q, k, v, g = (x.to(dtype) for x in (q64, k64, v64, g64))
     q_offset = case.k_len - case.q_len
@@ -151,9 +156,37 @@ def measure_case(case: AccuracyCase, backends: Iterable[str], *, dtype: torch.dt
     plain_errors = {name: relative_error(plain[name], exact[name]) for name in QUANTITIES}
     rows = []
     for backend in backends:
-        got = output_and_gradients(backend_fn(backend, transform, q_offset), q, k, v, g)
+        got = output_and_gradients(backend_fn(backend, transform, q_offset, kernel), q, k, v, g)
         rows.append(AccuracyRow(
             case=case.name, transform=transform.kind, dtype=str(dtype).removeprefix("torch."), seed=seed,
             backend=backend, errors={name: relative_error(got[name], exact[name]) for name in QUANTITIES},
             plain_errors=plain_errors, floor=FLOOR, factor=factor))
     return rows
+
+
+def run_suite(cases: Iterable[AccuracyCase], backends: Iterable[str], *, dtype: torch.dtype,
+              seeds: Iterable[int], transforms: Iterable[LogitTransform], device: str | torch.device = "cpu",
+              kernel: KernelOptions | None = None, progress: Callable[[str], None] | None = None
+              ) -> list[AccuracyRow]:
+    """:func:`measure_case` over every case × transform × seed; ``progress`` is told each case as it starts."""
+    rows: list[AccuracyRow] = []
+    backends, seeds, transforms = list(backends), list(seeds), list(transforms)
+    for case in cases:
+        for transform in transforms:
+            for seed in seeds:
+                if progress is not None:
+                    progress(f"{case.name} · {transform.kind} · seed {seed}")
+                rows += measure_case(case, backends, dtype=dtype, seed=seed, transform=transform, device=device,
+                                     kernel=kernel)
+    return rows
+
+
+def rows_table(rows: Iterable[AccuracyRow]) -> list[list[str]]:
+    """Markdown-ready rows: case, transform, seed, backend, then err(backend) / err(plain) for each quantity and
+    the quantities that break the bound."""
+    table = [["case", "transform", "seed", "backend", *(f"{q} err / plain" for q in QUANTITIES), "fails"]]
+    for row in rows:
+        table.append([row.case, row.transform, str(row.seed), row.backend,
+                      *(f"{row.errors[q]:.1e} / {row.plain_errors[q]:.1e}" for q in QUANTITIES),
+                      ", ".join(row.failures) or "—"])
+    return table
