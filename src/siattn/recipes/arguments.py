@@ -128,7 +128,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, defaults
         elif defaults and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         kw: dict[str, Any] = {"help": md["help"], "default": list(default) if isinstance(default, tuple) else default}
-        if choices_of(f) is None and tp is not bool:
+        if choices_of(f) is None and tp is not bool and not md.get("positional"):
             kw["metavar"] = md.get("metavar") or f.name.upper()
         if md.get("derived"):
             kw.update(type=_refuse(md["derived"]), default=None, metavar="(derived)",
