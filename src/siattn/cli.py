@@ -39,7 +39,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if ("default" in text.lower() or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+                or not action.option_strings):
             return text
         return text + " (default: %(default)s)"
 
