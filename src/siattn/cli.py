@@ -47,7 +47,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def _add(sub: argparse._SubParsersAction, name: str, help_: str, spec: Any) -> None:
     """Add command ``name``: a jsonargparse parser for a ``Command``, a group of subcommands for a dict."""
-    from jsonargparse import ArgumentParser as ConfigParser
+    from siattn.recipes.arguments import ConfigParser
 
     if isinstance(spec, dict):
         sub._parser_class = argparse.ArgumentParser

@@ -21,9 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jsonargparse import ActionConfigFile
+from jsonargparse import ArgumentParser as _JsonArgParser
+
 from siattn.options import choices_of, documented_fields, field_types, item_type, unwrap_optional
 
-CONFIG_KEYS = ("config", "print_config")
+
+class ConfigParser(_JsonArgParser):
+    """jsonargparse's parser, reporting every error on one line (a YAML error spans several)."""
+
+    def error(self, message: str, *args: Any, **kwargs: Any) -> Any:
+        return super().error(" ".join(str(message).split()), *args, **kwargs)
 
 
 class BadValue(argparse.ArgumentTypeError, ValueError):
@@ -237,8 +245,6 @@ class Command:
     report_on_stdout: bool = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from jsonargparse import ActionConfigFile
-
         parser.add_argument("--config", action=ActionConfigFile,
                             help="read options from a YAML or JSON file (keys: the field names below, nested "
                                  "configs nested); flags after it override it")
