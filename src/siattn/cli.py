@@ -1,8 +1,10 @@
 """The ``siattn`` command line: a thin dispatcher over the recipes in ``siattn.recipes``.
 
-Each recipe module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``.
+Each recipe module defines ``HELP`` (one line) and either ``COMMAND`` (a :class:`siattn.recipes.arguments.Command`:
+its options are the fields of a typed config, see :mod:`siattn.recipes.arguments`) or ``SUBCOMMANDS`` (name ->
+``Command``). :func:`parse` turns an argv into the command and its config; :func:`main` runs it.
 
-Errors take one path: argparse reports a malformed option after its usage line (exit 2); a ``ValueError``
+Errors take one path: a malformed option is reported after its usage line (exit 2); a ``ValueError``
 (:class:`siattn.errors.UsageError`, the data and checkpoint errors, a typed config's checks) prints one line
 ``siattn CMD: error: MESSAGE`` (exit 2); an ``OSError`` or :class:`siattn.errors.WorkError` prints one line
 too (exit 1: the work failed); anything else is a bug and keeps its traceback, with a line asking to report it.
@@ -15,6 +17,8 @@ import importlib
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from siattn import __version__
 
@@ -35,9 +39,28 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if ("default" in text.lower() or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+                or not action.option_strings):
             return text
         return text + " (default: %(default)s)"
+
+
+def _add(sub: argparse._SubParsersAction, name: str, help_: str, spec: Any) -> None:
+    """Add command ``name``: a jsonargparse parser for a ``Command``, a group of subcommands for a dict."""
+    from siattn.recipes.arguments import ConfigParser
+
+    if isinstance(spec, dict):
+        sub._parser_class = argparse.ArgumentParser
+        group = sub.add_parser(name, help=help_, description=help_)
+        inner = group.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
+        for child, command in spec.items():
+            _add(inner, child, command.help, command)
+        return
+    sub._parser_class = ConfigParser
+    parser = sub.add_parser(name, help=help_, description=spec.description or help_, epilog=spec.epilog,
+                            formatter_class=HelpFormatter, print_config=None)
+    spec.add_arguments(parser)
+    parser._siattn_command = spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,11 +78,49 @@ def build_parser() -> argparse.ArgumentParser:
             if err.name != module_name:
                 raise
             continue
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
-                           formatter_class=HelpFormatter)
-        module.add_arguments(p)
-        p.set_defaults(_recipe=module)
+        _add(sub, name, module.HELP, getattr(module, "SUBCOMMANDS", None) or module.COMMAND)
     return parser
+
+
+@dataclass
+class Parsed:
+    """What an argv asks for: the command's words (``["analyze", "theory"]``), its Command, its config and the
+    parsed arguments (options outside the config included)."""
+
+    words: list[str]
+    command: Any
+    config: Any
+    args: argparse.Namespace
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return {}
+
+
+def _find(argv: Sequence[str],
+          parser: argparse.ArgumentParser) -> tuple[argparse.ArgumentParser, list[str], list[str]]:
+    """The parser of the (sub)command that ``argv`` names, its words, and the arguments after them."""
+    node, words, rest = parser, [], list(argv)
+    while rest and rest[0] in _subcommands(node):
+        node = _subcommands(node)[rest[0]]
+        words.append(rest.pop(0))
+    return node, words, rest
+
+
+def parse(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> Parsed | None:
+    """The command and config that ``siattn ARGV`` runs; None when it names no command (argparse handles
+    ``--help``, ``--version`` and unknown commands by exiting). A bad value raises UsageError naming its flag."""
+    parser = parser or build_parser()
+    node, words, rest = _find(argv, parser)
+    command = getattr(node, "_siattn_command", None)
+    if command is None:
+        parser.parse_args(list(argv))  # exits: help, version, a missing or unknown (sub)command
+        return None
+    args = node.parse_args(rest)
+    return Parsed(words, command, command.make_config(args), args)
 
 
 BUG_REPORT = "this is a bug in siattn: please report it with the command and the traceback above"
@@ -76,19 +137,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``siattn ARGV``; returns the exit code (0 done, 1 failed work, 2 usage error, 130/143 signals)."""
     from siattn.errors import WorkError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)  # argparse's usage errors exit with 2 after the usage line
-    if args.command is None:
-        parser.print_help()
-        return 0
-    prog = f"siattn {args.command}"
+    node, words, _ = _find(argv, parser)
+    prog = " ".join(["siattn", *words])
+    command = getattr(node, "_siattn_command", None)
+    report = sys.stdout if command is not None and command.report_on_stdout else sys.stderr
     try:
-        return int(args._recipe.main(args) or 0)
+        parsed = parse(argv, parser)
+        if parsed is None:
+            parser.print_help()
+            return 0
+        if parsed.args.print_config:
+            print(parsed.command.config_file(parsed.config, parsed.args), end="")
+            return 0
+        return int(parsed.command.run(parsed.config, parsed.args) or 0)
     except ValueError as err:  # UsageError, DataError, CheckpointError, the typed configs' checks
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(err)}", file=report)
         return 2
     except (OSError, WorkError) as err:
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(err)}", file=report)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

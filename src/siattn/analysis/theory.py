@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from siattn.analysis import metrics
+from siattn.options import check_options, option
 from siattn.plotting import pyplot, save_figure
 from siattn.schedule import DEFAULT_TAU, expected_exp_logit, expected_range_mass, resolve_parameters, schedule
 
@@ -44,30 +45,28 @@ SCHEMES = ("none", "logn", "scale_invariant")
 class TheoryConfig:
     """Everything a theory run depends on (written to the JSON as is)."""
 
-    samples: int = 256          # Monte-Carlo draws of the N = max_n scores
-    max_n: int = 1_000_000      # longest context (number of keys)
-    min_n: int = 10
-    seed: int = 0
-    tau: float = DEFAULT_TAU
-    logn_s: float = 0.4
-    deltas: tuple[int, ...] = (2, 5, 10)
-    last_k: int = 100
-    points_per_decade: int = 5
-    fit_t_min: int = 10         # range-entropy fits use t >= fit_t_min
-    chunk: int = 4              # draws processed together (memory: ~8 · chunk · max_n · 8 bytes)
-    check_ts: tuple[int, ...] = (0, 10, 100, 1000)
-    check_samples: int = 1_000_000  # draws per E[exp L_t] check (plain and importance-sampled)
-    range_check_draws: int = 200_000  # importance-sampled draws per scale-invariant range total
+    samples: int = option(256, "Monte-Carlo draws of the N = max_n scores (mean ± standard error; time ∝ "
+                          "samples · max_n)", min=2)
+    max_n: int = option(1_000_000, "longest context, in keys (at 1e6: ~0.5 GB, ~100 CPU-seconds)", min=1)
+    min_n: int = option(10, "shortest context of the global-entropy curve", min=1)
+    seed: int = option(0, "seed of the torch generator", min=0)
+    tau: float = option(DEFAULT_TAU, "τ of the scale-invariant schedule", min=0.0, min_open=True)
+    logn_s: float = option(0.4, "s of the LogN scheme, logits × s·log N", min=0.0, min_open=True)
+    deltas: tuple[int, ...] = option((2, 5, 10), "range-entropy ranges [t, tΔ) for these Δ", min=2)
+    last_k: int = option(100, "attention mass on the last k keys", min=1)
+    points_per_decade: int = option(5, "points of each curve per factor of 10 in N or t", min=1)
+    fit_t_min: int = option(10, "range-entropy fits use t >= fit_t_min", min=1)
+    chunk: int = option(4, "draws processed together (memory: ~8 · chunk · max_n · 8 bytes)", min=1)
+    check_ts: tuple[int, ...] = option((0, 10, 100, 1000), "distances t of the E[exp L_t] checks", min=0)
+    check_samples: int = option(1_000_000, "draws per E[exp L_t] check (plain and importance-sampled)", min=1)
+    range_check_draws: int = option(200_000, "importance-sampled draws per scale-invariant range total", min=1)
 
     def __post_init__(self) -> None:
-        if self.samples < 2:
-            raise ValueError(f"samples must be >= 2 (for a standard error); got {self.samples}")
+        check_options(self)
         if self.max_n < max(self.min_n, 10 * max(self.deltas)):
             raise ValueError(f"max_n must be >= max(min_n, 10·max(deltas)) = "
                              f"{max(self.min_n, 10 * max(self.deltas))}; got {self.max_n}")
         resolve_parameters(self.tau, None, None)
-        if not self.logn_s > 0:
-            raise ValueError(f"logn_s must be > 0; got {self.logn_s}")
 
 
 def scheme_logits(scores: torch.Tensor, scheme: str, *, tau: float = DEFAULT_TAU, logn_s: float = 0.4,

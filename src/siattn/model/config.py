@@ -11,9 +11,16 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from siattn.errors import UsageError, check_float, check_int
-from siattn.methods import get_method
+from siattn.backends import backend_names
+from siattn.errors import UsageError
+from siattn.methods import METHODS, get_method
+from siattn.options import check_options, option
 from siattn.schedule import DEFAULT_TAU
+
+
+def method_names() -> list[str]:
+    """The registered attention methods (the registry may grow after import)."""
+    return sorted(METHODS)
 
 
 def pad_vocab(vocab_size: int, multiple: int = 64) -> int:
@@ -33,32 +40,32 @@ def check_fields(cls: type, d: dict[str, Any]) -> type:
 class GPTConfig:
     """The network. ``vocab_size`` is the tokenizer's (exact); embedding and head have ``padded_vocab_size`` rows."""
 
-    vocab_size: int = 50_257
-    n_layer: int = 12
-    n_head: int = 6
-    n_kv_head: int | None = None  # None: n_head (no grouped-query attention)
-    n_embd: int = 768
-    head_dim: int = 128
-    mlp_ratio: float = 4.0
-    method: str = "si-p-rope"
-    tau: float = DEFAULT_TAU  # scale-invariant methods only
-    train_length: int = 4096  # where NTK/YaRN start scaling and where LogN scales are initialised
-    rope_theta: float = 10_000.0
-    p_rope_base: float = 1024.0
-    p_rope_fraction: float = 0.5
-    vocab_multiple: int = 64
-    attn_backend: str = "auto"  # a runtime choice, not part of the weights; load_checkpoint can override it
+    vocab_size: int = option(50_257, "token ids the model reads (the embedding has padded_vocab_size rows)", min=1,
+                             derived="the dataset's tokenizer")
+    n_layer: int = option(12, "transformer blocks", min=1)
+    n_head: int = option(6, "query heads per block", min=1)
+    n_kv_head: int | None = option(None, "key/value heads (grouped-query attention; default: n_head)", min=1)
+    n_embd: int = option(768, "width of the residual stream", min=1)
+    head_dim: int = option(128, "dimension of each head (even)", min=1)
+    mlp_ratio: float = option(4.0, "hidden width of the ReLU² MLP as a multiple of n_embd", min=0.0, min_open=True)
+    method: str = option("si-p-rope", "attention method (positional encoding + logit transform)",
+                         choices=method_names)
+    tau: float = option(DEFAULT_TAU, "τ of the scale-invariant methods", min=0.0, min_open=True)
+    train_length: int = option(4096, "training length: where NTK/YaRN start scaling and LogN scales are "
+                               "initialised", min=1, derived="seq_len")
+    rope_theta: float = option(10_000.0, "RoPE base θ", min=0.0, min_open=True)
+    p_rope_base: float = option(1024.0, "p-RoPE base (presets: 1024 · seq_len / 4096, see ARCHITECTURE.md)",
+                                min=0.0, min_open=True)
+    p_rope_fraction: float = option(0.5, "share of the head dimension that p-RoPE rotates", min=0.0, max=1.0)
+    vocab_multiple: int = option(64, "the embedding's rows are vocab_size rounded up to a multiple of this", min=1)
+    attn_backend: str = option("auto", "attention backend (a runtime choice, not part of the weights)",
+                               choices=backend_names)
 
     def __post_init__(self) -> None:
         get_method(self.method)  # raises with the list of names
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_dim", "train_length",
-                     "vocab_multiple"):
-            check_int(name, getattr(self, name), min=1)
-        for name in ("mlp_ratio", "tau", "rope_theta", "p_rope_base"):
-            check_float(name, getattr(self, name), min=0.0, min_open=True)
-        check_float("p_rope_fraction", self.p_rope_fraction, min=0.0, max=1.0)
+        check_options(self)
         if self.n_head % self.n_kv_head:
             raise UsageError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if self.head_dim % 2:

@@ -27,101 +27,25 @@ import sys
 from pathlib import Path
 
 from siattn.backends.options import KernelOptions
+from siattn.benchmarking.config import AttentionBenchConfig
 from siattn.benchmarking.cpu import reference_bytes, run_case_subprocess
 from siattn.benchmarking.cuda import add_ratios, copy_bandwidth, sdpa_default_kernels, time_decode, time_prefill
 from siattn.benchmarking.environment import versions
-from siattn.recipes.argtypes import NONNEGATIVE_INT, POSITIVE, POSITIVE_INT
-from siattn.schedule import DEFAULT_TAU
+from siattn.recipes.arguments import Command
 
 HELP = "Benchmark the attention backends (CUDA: Triton vs SDPA vs FlexAttention; CPU: reference/chunked/flex)."
 
-CUDA_SIZES = ((4096, 8), (16384, 2), (65536, 1))
-DECODE_LENGTHS = (16384, 65536, 262144)
-CPU_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
-CUDA_BACKENDS = ("sdpa-flash", "sdpa-default", "flex-causal", "flex-si", "triton-si", "triton-none")
-EXTRA_BACKENDS = ("triton-alibi",)
 
-
-def _ints(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        part = part.strip().lower()
-        if not part:
-            continue
-        mult = 1024 if part.endswith("k") else 1
-        out.append(int(float(part.rstrip("k")) * mult))
-        if out[-1] < 1:
-            raise argparse.ArgumentTypeError(f"lengths must be >= 1, got {text!r}")
-    return out
-
-
-def _sizes(text: str) -> list[tuple[int, int]]:
-    """'4k×8,16k×2' or '4096x8,...' -> [(T, B), ...]."""
-    sizes = []
-    for part in text.replace("×", "x").split(","):
-        t, b = part.split("x")
-        sizes.append((_ints(t)[0], int(b)))
-        if sizes[-1][1] < 1:
-            raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
-    return sizes
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", metavar="BENCH")
-    p = sub.add_parser("attention", help="attention kernels: time, TFLOP/s or GB/s, memory",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    p.add_argument("--md", type=Path, default=None, help="write a Markdown table here")
-    p.add_argument("--heads", type=POSITIVE_INT, default=None, help="query heads (default 6 on CUDA, 4 on CPU)")
-    p.add_argument("--kv-heads", type=POSITIVE_INT, default=None, help="key/value heads (default: = heads)")
-    p.add_argument("--head-dim", type=POSITIVE_INT, default=None, help="head dim (default 128 on CUDA, 64 on CPU)")
-    p.add_argument("--tau", type=POSITIVE, default=DEFAULT_TAU, help="τ of the scale-invariant transform")
-    p.add_argument("--backward", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time forward+backward")
-    # CUDA
-    p.add_argument("--sizes", type=_sizes, default=list(CUDA_SIZES),
-                   help="CUDA prefill sizes as TxB, comma separated (e.g. 4kx8,16kx2,64kx1)")
-    p.add_argument("--backends", default=",".join(CUDA_BACKENDS),
-                   help=f"CUDA backends to compare, from {CUDA_BACKENDS + EXTRA_BACKENDS}")
-    p.add_argument("--decode-lengths", type=_ints, default=list(DECODE_LENGTHS),
-                   help="KV-cache lengths for the decoding benchmark (empty string: skip)")
-    p.add_argument("--decode-batch", type=POSITIVE_INT, default=1, help="batch of the decoding benchmark")
-    p.add_argument("--autotune", action=argparse.BooleanOptionalAction, default=True,
-                   help="let the Triton backend time its candidate tile configurations first")
-    p.add_argument("--rep-ms", type=POSITIVE_INT, default=200, help="do_bench repetition time per measurement (ms)")
-    # CPU
-    p.add_argument("--lengths", type=_ints, default=list(CPU_LENGTHS), help="CPU sequence lengths")
-    p.add_argument("--cpu-backends", default="reference,chunked,flex", help="CPU backends")
-    p.add_argument("--backward-max-length", type=NONNEGATIVE_INT, default=16384,
-                   help="CPU: time forward+backward only up to this length")
-    p.add_argument("--memory-cap-gb", type=POSITIVE, default=4.0,
-                   help="CPU: skip the reference backend where its score matrices would pass this")
-    p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="CPU: timed calls per case (median)")
-    p.add_argument("--timeout-s", type=POSITIVE, default=1800.0, help="CPU: give up on one case after this")
-    p.set_defaults(_bench_main=_attention_main)
-
-
-def main(args: argparse.Namespace) -> int:
-    if getattr(args, "bench", None) is None:
-        print("usage: siattn bench attention [--device cuda|cpu] ...  (see siattn bench attention --help)")
-        return 2
-    return args._bench_main(args)
-
-
-def _write(args, result: dict, markdown: str) -> None:
+def _write(args: AttentionBenchConfig, result: dict, markdown: str) -> None:
     print(markdown)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
-    if args.md is not None:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(markdown + "\n")
-        print(f"wrote {args.md}")
+    for path, text in ((args.out, json.dumps(result, indent=2)), (args.md, markdown)):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text + "\n")
+            print(f"wrote {path}")
 
 
-def _attention_main(args: argparse.Namespace) -> int:
+def _attention_main(args: AttentionBenchConfig, _: argparse.Namespace | None = None) -> int:
     from siattn.errors import check_output_folder
 
     for flag, path in (("--out", args.out), ("--md", args.md)):
@@ -136,7 +60,7 @@ def _attention_main(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- CUDA
-def run_cuda(args: argparse.Namespace) -> dict:
+def run_cuda(args: AttentionBenchConfig) -> dict:
     import torch
 
     if not torch.cuda.is_available():
@@ -238,7 +162,7 @@ def cuda_markdown(result: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- CPU
-def run_cpu(args: argparse.Namespace) -> dict:
+def run_cpu(args: AttentionBenchConfig) -> dict:
     from tqdm import tqdm
 
     heads = args.heads or 4
@@ -295,3 +219,9 @@ def cpu_markdown(result: dict) -> str:
         else:
             lines.append(f"| {r['T']} | {r['backend']} | {r['mode']} | {r['ms']:.1f} | {r['peak_mb']:.0f} |")
     return "\n".join(lines)
+
+
+SUBCOMMANDS: dict[str, Command] = {
+    "attention": Command("attention kernels: time, TFLOP/s or GB/s, memory", AttentionBenchConfig, _attention_main,
+                         description=__doc__),
+}

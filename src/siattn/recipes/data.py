@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from siattn.recipes.argtypes import SEED, number
+from siattn.data.config import InfoConfig, PrepareConfig
+from siattn.recipes.arguments import Command
 
 HELP = "Prepare a tokenized dataset (built-in Python corpus, files, HF datasets, .bin shards) or describe it."
 
@@ -40,17 +41,6 @@ training reads memory-mapped. Re-running with the same settings reuses the exist
 """
 
 
-def _size(text: str) -> int:
-    """'10M' -> 10_000_000 (K, M, G are powers of 1000; KiB, MiB, GiB of 1024)."""
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMG]i?)?B?\s*", text, flags=re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500000, 10M, 1GiB)")
-    unit = (m.group(2) or "").upper()
-    base = 1024 if unit.endswith("I") else 1000
-    power = {"": 0, "K": 1, "M": 2, "G": 3}[unit[:1]]
-    return int(float(m.group(1)) * base**power)
-
-
 def default_out_dir(source: str, tokenizer: str) -> Path:
     """``data_cache/<source>-<tokenizer>``, both reduced to safe file-name characters."""
     def clean(s: str) -> str:
@@ -59,34 +49,6 @@ def default_out_dir(source: str, tokenizer: str) -> Path:
         return re.sub(r"[^A-Za-z0-9._]+", "-", s).strip("-") or "data"
 
     return Path("data_cache") / f"{clean(source)}-{clean(tokenizer)}"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
-    p = sub.add_parser("prepare", help="tokenize a source into memory-mapped shards + manifest.json",
-                       description="Tokenize a source into memory-mapped token shards and a manifest.json.",
-                       epilog=SOURCES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", nargs="?", default="stdlib",
-                   help="what to read (see sources below; default: stdlib)")
-    p.add_argument("--tokenizer", default="bytes", help="bytes | bpe:N | hf:PATH (default: bytes)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: data_cache/<source>-<tokenizer>)")
-    p.add_argument("--val-fraction", type=number(min=0.0, max=1.0, max_open=True), default=0.05,
-                   help="share of bytes held out (default: 0.05)")
-    p.add_argument("--text-field", default="text", help="JSONL field / column with the text (default: text)")
-    p.add_argument("--max-bytes", type=_size, default=None, help="read at most this much text, e.g. 10M")
-    p.add_argument("--seed", type=SEED, default=0, help="salts the train/validation hash (default: 0)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a different dataset in the output folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-    q = sub.add_parser("info", help="print a prepared dataset's manifest summary",
-                       description="Print a prepared dataset's manifest summary (and check its shards).")
-    q.add_argument("path", type=Path, help="dataset folder (or a folder of .bin shards)")
-    q.add_argument("--verify", action="store_true", help="check every shard's sha256 too")
-    q.add_argument("--entropy", action="store_true", help="also compute the unigram entropy of each split")
-    q.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.set_defaults(_data_parser=parser)
 
 
 def _print_summary(summary: dict, entropy: dict[str, float] | None = None) -> None:
@@ -121,27 +83,29 @@ def _print_notes(manifest: dict) -> None:
               f"tokenizer keeps every byte): {', '.join(files)}{' ...' if n > len(files) else ''}", file=sys.stderr)
 
 
-def main(args: argparse.Namespace) -> int:
-    from siattn.data import TokenDataset, prepare_dataset, unigram_entropy
+def prepare_main(args: PrepareConfig, _: argparse.Namespace | None = None) -> int:
+    """Prepare the dataset and print its summary."""
+    from siattn.data import TokenDataset, prepare_dataset
     from siattn.errors import check_output_folder
 
-    if args.data_command is None:
-        args._data_parser.print_help()
-        return 0
-    if args.data_command == "prepare":
-        out = args.out or default_out_dir(args.source, args.tokenizer)
-        check_output_folder("--out", out)
-        t0 = time.perf_counter()
-        manifest = prepare_dataset(args.source, out, tokenizer=args.tokenizer,
-                                   val_fraction=args.val_fraction, text_field=args.text_field,
-                                   max_bytes=args.max_bytes, seed=args.seed,
-                                   progress=not args.no_progress, overwrite=args.overwrite)
-        ds = TokenDataset(manifest.parent)
-        _print_notes(ds.manifest)
-        _print_summary(ds.summary())
-        print(f"manifest    {manifest} ({time.perf_counter() - t0:.1f} s)")
-        return 0
-    ds = TokenDataset(args.path, verify=args.verify)
+    out = args.out or default_out_dir(args.source, args.tokenizer)
+    check_output_folder("--out", out)
+    t0 = time.perf_counter()
+    manifest = prepare_dataset(args.source, out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+                               text_field=args.text_field, max_bytes=args.max_bytes, seed=args.seed,
+                               progress=args.progress, overwrite=args.overwrite)
+    ds = TokenDataset(manifest.parent)
+    _print_notes(ds.manifest)
+    _print_summary(ds.summary())
+    print(f"manifest    {manifest} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def info_main(args: InfoConfig, _: argparse.Namespace | None = None) -> int:
+    """Print the summary of a prepared dataset."""
+    from siattn.data import TokenDataset, unigram_entropy
+
+    ds = TokenDataset(Path(args.path), verify=args.verify)
     summary = ds.summary()
     entropy = {s: unigram_entropy(ds.split(s)) for s in ("train", "val") if len(ds.split(s))} \
         if args.entropy else None
@@ -152,3 +116,10 @@ def main(args: argparse.Namespace) -> int:
         if args.verify:
             print("verified    every shard's size and sha256 match manifest.json")
     return 0
+
+
+SUBCOMMANDS: dict[str, Command] = {
+    "prepare": Command("tokenize a source into memory-mapped shards + manifest.json", PrepareConfig, prepare_main,
+                       epilog=SOURCES_HELP),
+    "info": Command("print a prepared dataset's manifest summary", InfoConfig, info_main),
+}

@@ -20,56 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from siattn.evaluation.checkpoints import load_checkpoints, open_validation_data, resolve_device
-from siattn.evaluation.lengths import DEFAULT_MULTIPLIERS, eval_lengths, length_label
+from siattn.evaluation.config import DEFAULT_TOKENS, EvalConfig
+from siattn.evaluation.lengths import eval_lengths, length_label
 from siattn.io import command_line, markdown_table, read_json, write_json
-from siattn.precision import DTYPES
-from siattn.recipes.argtypes import POSITIVE_INT
+from siattn.recipes.arguments import Command
 
 HELP = "Validation loss at 1×, 4×, 16× the training length (and by position) for one or more checkpoints."
-DEFAULT_TOKENS = 1 << 20
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``siattn eval`` and ``siattn needle``."""
-    p.add_argument("--checkpoint", nargs="+", required=True, metavar="DIR",
-                   help="checkpoint folders, or run folders (their newest checkpoint)")
-    p.add_argument("--labels", nargs="+", metavar="NAME",
-                   help="one name per checkpoint for tables and plots (default: the method, made unique)")
-    p.add_argument("--data", metavar="PATH",
-                   help="prepared dataset folder (default: the one each checkpoint was trained on)")
-    p.add_argument("--multipliers", type=POSITIVE_INT, nargs="+", default=list(DEFAULT_MULTIPLIERS), metavar="M",
-                   help="evaluation lengths as multiples of each checkpoint's training length")
-    p.add_argument("--lengths", type=POSITIVE_INT, nargs="+", metavar="T",
-                   help="evaluation lengths in tokens (override --multipliers)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", choices=DTYPES,
-                   help="auto: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--attn-backend", default=None,
-                   help="attention backend to run the model with (default: the checkpoint's, normally auto)")
-    p.add_argument("--method", default=None, metavar="METHOD",
-                   help="evaluate under a method that extends the trained one: rope-ntk or yarn on a rope "
-                        "checkpoint, logn-ntk on a logn-rope checkpoint (default: the checkpoint's own)")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep results already in the output JSON for the same checkpoint and settings")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="tqdm progress bars")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    p.add_argument("--tokens", type=POSITIVE_INT, default=None,
-                   help="scored tokens per length, the same at every length (rounded down to a multiple of "
-                        "every length; default: the smallest eval_tokens of the checkpoints, else "
-                        f"{DEFAULT_TOKENS})")
-    p.add_argument("--batch-tokens", type=POSITIVE_INT, default=None,
-                   help="tokens per forward: windows per batch = max(1, batch_tokens // length) (default: "
-                        "the checkpoints' eval_batch_tokens; 0: one window at a time)")
-    p.add_argument("--head-chunk", type=POSITIVE_INT, default=None,
-                   help="tokens per slice of the output head (default: slice only when the logits are large; "
-                        "0: never)")
-    p.add_argument("--bins-per-decade", type=POSITIVE_INT, default=10,
-                   help="log-spaced position bins per factor of 10")
-    p.add_argument("--out", default="results/eval", help="output folder")
 
 
 @dataclass
@@ -141,7 +97,8 @@ def write_reports(out: Path, result: dict[str, Any]) -> str:
     return table
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: EvalConfig, _: argparse.Namespace | None = None) -> int:
+    """Evaluate as ``args`` says; writes eval.json, eval.md and the plots into ``args.out``."""
     import siattn
     from siattn.errors import check_output_folder
     from siattn.evaluation.loss_by_length import loss_at_length, scored_tokens
@@ -208,3 +165,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n{table}\nwrote {json_path}, {out / 'eval.md'}, {out / 'loss-by-position.png'}, "
           f"{out / 'loss-by-length.png'}")
     return 0
+
+
+COMMAND = Command(HELP, EvalConfig, main, description=__doc__)

@@ -7,28 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from siattn.recipes.argtypes import NONNEGATIVE, NONNEGATIVE_INT, POSITIVE_INT, SEED
+from siattn.evaluation.config import GenerateConfig
+from siattn.recipes.arguments import Command
 
 HELP = "Generate text from a trained checkpoint (greedy or temperature/top-k sampling, KV cache)."
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="checkpoint folder, or a run folder (its newest checkpoint)")
-    parser.add_argument("--prompt", default=None, help="text to continue")
-    parser.add_argument("--prompt-file", type=Path, default=None, help="read the prompt from a file")
-    parser.add_argument("--max-new-tokens", type=NONNEGATIVE_INT, default=200)
-    parser.add_argument("--temperature", type=NONNEGATIVE, default=0.8, help="0 means greedy")
-    parser.add_argument("--greedy", action="store_true", help="same as --temperature 0")
-    parser.add_argument("--top-k", type=POSITIVE_INT, default=None, help="sample among the k most likely tokens")
-    parser.add_argument("--num-samples", type=POSITIVE_INT, default=1)
-    parser.add_argument("--seed", type=SEED, default=0)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--tokenizer", default=None,
-                        help="override the checkpoint's tokenizer (spec or prepared dataset folder)")
-    parser.add_argument("--attn-backend", default=None, help="attention backend (default: auto)")
-    parser.add_argument("--stop-at-eod", action="store_true", help="stop a sample at the end-of-document token")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of plain text")
 
 
 def checkpoint_tokenizer(folder: str | Path, extra: dict[str, Any], override: str | None = None) -> Any:
@@ -49,16 +31,14 @@ def checkpoint_tokenizer(folder: str | Path, extra: dict[str, Any], override: st
     raise ValueError(f"{folder}: the checkpoint does not say which tokenizer it used; pass --tokenizer")
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: GenerateConfig, _: argparse.Namespace | None = None) -> int:
+    """Print ``args.num_samples`` continuations of the prompt."""
     import torch
 
-    from siattn.errors import UsageError
     from siattn.evaluation.checkpoints import resolve_device
     from siattn.training.checkpointing import load_checkpoint
 
-    if (args.prompt is None) == (args.prompt_file is None):
-        raise UsageError("give exactly one of --prompt and --prompt-file")
-    prompt = args.prompt if args.prompt is not None else args.prompt_file.read_text()
+    prompt = args.prompt if args.prompt is not None else Path(args.prompt_file).read_text()
     device = resolve_device(args.device or "auto")
     model, config, extra = load_checkpoint(args.checkpoint, device, attn_backend=args.attn_backend)
     tok = checkpoint_tokenizer(extra["path"], extra, args.tokenizer)
@@ -83,3 +63,6 @@ def main(args: argparse.Namespace) -> int:
                 print(f"--- sample {i + 1} ---")
             print(prompt + text)
     return 0
+
+
+COMMAND = Command(HELP, GenerateConfig, main)

@@ -22,49 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from siattn.evaluation.checkpoints import Checkpoint, load_checkpoints, open_validation_data, resolve_device
+from siattn.evaluation.config import NeedleConfig
 from siattn.evaluation.lengths import eval_lengths, length_label
 from siattn.io import command_line, markdown_table, read_json, write_json
-from siattn.recipes.argtypes import NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED
-from siattn.recipes.evaluate import add_model_arguments
+from siattn.recipes.arguments import Command
 
 HELP = "Needle-in-a-haystack or passkey retrieval: accuracy by context length and needle depth."
-DEFAULT_TRIALS = {"needle": 100, "passkey": 50}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=("needle", "passkey"), default="needle",
-                   help="needle: three city/number needles in validation text (the paper's task); passkey: "
-                        "one 5-digit key in filler sentences (Mohtashami & Jaggi)")
-    add_model_arguments(p)
-    p.add_argument("--tokenizer", metavar="SPEC",
-                   help="tokenizer to write the prompts with (default: the dataset's); needed when the "
-                        "dataset holds bare ids, e.g. hf:/path/to/gpt2/tokenizer.json")
-    p.add_argument("--trials", type=POSITIVE_INT, default=None,
-                   help="examples per length (default: 100 needle, 50 passkey)")
-    p.add_argument("--seed", type=SEED, default=0, help="seeds the examples and the fine-tuning data")
-    p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=None,
-                   help="fine-tune before evaluating (default: yes for needle, no for passkey)")
-    p.add_argument("--zero-shot", action=argparse.BooleanOptionalAction, default=None,
-                   help="also evaluate before fine-tuning (default: no for needle, yes for passkey)")
-    p.add_argument("--warmup", type=NONNEGATIVE_INT, default=100, help="fine-tuning: linear warm-up steps")
-    p.add_argument("--constant", type=NONNEGATIVE_INT, default=100, help="fine-tuning: constant-lr steps")
-    p.add_argument("--decay", type=NONNEGATIVE_INT, default=100, help="fine-tuning: steps of linear decay to 0")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=None,
-                   help="fine-tuning sequences per step (default: the checkpoint's training batch size)")
-    p.add_argument("--micro-batch-size", type=POSITIVE_INT, default=None,
-                   help="sequences per forward (default: the checkpoint's, else the batch size)")
-    p.add_argument("--lr-scale", type=POSITIVE, default=1.0,
-                   help="multiplies every learning rate of the checkpoint's training configuration")
-    p.add_argument("--margin", type=NONNEGATIVE_INT, default=2, help="tokens decoded beyond the answer's length")
-    p.add_argument("--depth-bins", type=POSITIVE_INT, default=10, help="rows of the depth × length heat map")
-    p.add_argument("--save-finetuned", action="store_true",
-                   help="save the fine-tuned weights under OUT/finetuned-{task}/{label} (reused on resume)")
-    p.add_argument("--out", default=None, help="output folder (default: results/{task})")
-
-
-def stage_settings(args: argparse.Namespace, stage: str, ckpt: Checkpoint, batch: int) -> dict[str, Any]:
+def stage_settings(args: NeedleConfig, stage: str, ckpt: Checkpoint, batch: int) -> dict[str, Any]:
     """What a stage's numbers depend on: results kept for resume must have been made with the same."""
-    s = {"trials": args.trials, "seed": args.seed, "margin": args.margin, "path": ckpt.path, "method": ckpt.method}
+    s = {"trials": args.trial_count, "seed": args.seed, "margin": args.margin, "path": ckpt.path, "method": ckpt.method}
     if stage == "finetuned":
         s |= {"warmup": args.warmup, "constant": args.constant, "decay": args.decay, "batch_size": batch,
               "lr_scale": args.lr_scale}
@@ -117,7 +85,7 @@ def write_reports(out: Path, result: dict[str, Any], depth_bins: int) -> str:
     return table
 
 
-def run_stage(args: argparse.Namespace, stage: str, model: Any, *, ckpt: Checkpoint, task: Any,
+def run_stage(args: NeedleConfig, stage: str, model: Any, *, ckpt: Checkpoint, task: Any,
               tokenizer: Any, lengths: list[int], entry: dict[str, Any], old: dict[str, Any],
               settings: dict[str, Any],
               extra: dict[str, Any], result: dict[str, Any], json_path: Path) -> None:
@@ -138,12 +106,13 @@ def run_stage(args: argparse.Namespace, stage: str, model: Any, *, ckpt: Checkpo
               f"({res['needles']} needles in {res['trials']} trials)")
         write_json(json_path, result)
 
-    evaluate_retrieval(decoding_model(model, args.dtype), task, lengths, args.trials, done=done,
+    evaluate_retrieval(decoding_model(model, args.dtype), task, lengths, args.trial_count, done=done,
                        on_result=save, seed=args.seed, eod_id=tokenizer.eod_id, decode=tokenizer.decode,
                        margin=args.margin, progress=args.progress)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: NeedleConfig, _: argparse.Namespace | None = None) -> int:
+    """Run the retrieval task as ``args`` says; writes {task}.json, {task}.md and the heat maps."""
     import siattn
     from siattn.data import load_tokenizer
     from siattn.errors import check_output_folder
@@ -153,12 +122,7 @@ def main(args: argparse.Namespace) -> int:
 
     check_output_folder("--out", args.out)
     task_name = args.task
-    args.trials = DEFAULT_TRIALS[task_name] if args.trials is None else args.trials
-    do_finetune = args.finetune if args.finetune is not None else task_name == "needle"
-    zero_shot = args.zero_shot if args.zero_shot is not None else task_name == "passkey"
-    if not (do_finetune or zero_shot):
-        raise SystemExit("nothing to do: --no-zero-shot and --no-finetune together leave no stage to run")
-    out = Path(args.out or f"results/{task_name}")
+    out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     json_path = out / f"{task_name}.json"
@@ -166,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
     if previous.get("task") != task_name:
         previous = {}
     result: dict[str, Any] = {
-        "task": task_name, "command": command_line(args, "needle"), "trials": args.trials, "seed": args.seed,
+        "task": task_name, "command": command_line(args, "needle"), "trials": args.trial_count, "seed": args.seed,
         "device": str(device), "dtype": args.dtype, "version": siattn.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"), "checkpoints": {},
     }
@@ -194,10 +158,10 @@ def main(args: argparse.Namespace) -> int:
         common = dict(ckpt=ckpt, task=eval_task, tokenizer=tokenizer, lengths=lengths, entry=entry,
                       result=result, json_path=json_path)
 
-        if zero_shot:
+        if args.do_zero_shot:
             run_stage(args, "zero-shot", ckpt.model, old=old.get("zero-shot", {}),
                       settings=stage_settings(args, "zero-shot", ckpt, batch), extra={}, **common)
-        if do_finetune:
+        if args.do_finetune:
             settings = stage_settings(args, "finetuned", ckpt, batch)
             prev = old.get("finetuned", {})
             same = prev.get("settings") == settings
@@ -226,3 +190,6 @@ def main(args: argparse.Namespace) -> int:
     table = write_reports(out, result, args.depth_bins)
     print(f"\n{table}\nwrote {json_path}, {out / f'{task_name}.md'} and the heat maps in {out}")
     return 0
+
+
+COMMAND = Command(HELP, NeedleConfig, main, description=__doc__)

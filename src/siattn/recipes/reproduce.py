@@ -20,33 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from siattn.recipes.argtypes import POSITIVE, POSITIVE_INT
+from siattn.evaluation.config import ReproduceConfig
+from siattn.recipes.arguments import Command
 
 HELP = "Reproduce the comparison: run a study's runs (train, loss by length, needle, passkey) and its table."
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from siattn.evaluation.grid import STUDIES
-
-    parser.add_argument("study", choices=sorted(STUDIES), help="which comparison (its protocol is fixed in code)")
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument("--list", action="store_true", help="print the study's runs and which are done, and exit")
-    what.add_argument("--run", nargs="+", metavar="RUN_ID", help="these runs (ids as --list prints them)")
-    what.add_argument("--next", type=POSITIVE_INT, metavar="N", help="the first N runs of the study not yet in --out")
-    what.add_argument("--table", action="store_true", help="only regenerate the table and plots from --out")
-    parser.add_argument("--out", default=None,
-                        help="results folder: run folders in OUT/runs, table.md and plots in OUT "
-                             "(default: runs/reproduce/STUDY/results)")
-    parser.add_argument("--scratch", default="runs/reproduce", help="where runs train (checkpoints stay there)")
-    parser.add_argument("--parallel", type=POSITIVE_INT, default=1, metavar="P",
-                        help="runs at once, each in its own process (they share the device)")
-    parser.add_argument("--deadline", type=POSITIVE, default=None, metavar="SECONDS",
-                        help="stop every run still going after this many seconds (it writes nothing)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _launch(args: argparse.Namespace, out: Path, run_ids: list[str]) -> int:
+def _launch(args: ReproduceConfig, out: Path, run_ids: list[str]) -> int:
     """Run each id in a subprocess, ``--parallel`` at a time, until ``--deadline``; the number that failed."""
     started = time.time()
     pending, running, failed = list(run_ids), {}, 0
@@ -78,24 +58,25 @@ def _launch(args: argparse.Namespace, out: Path, run_ids: list[str]) -> int:
     return failed
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: ReproduceConfig, _: argparse.Namespace | None = None) -> int:
+    """List, run or tabulate the study as ``args`` says."""
     from siattn.evaluation import grid
 
     study = grid.get_study(args.study)
     out = Path(args.out or Path("runs/reproduce") / study.name / "results")
-    if args.list:
+    if args.list_runs:
         print(f"{study.name}: {study.question}\n\n{grid.describe(study, out)}")
         return 0
     if args.run and len(args.run) == 1 and args.parallel == 1 and args.deadline is None:
         grid.run_one(study, args.run[0], out, scratch=Path(args.scratch), device=args.device,
-                     progress=not args.no_progress)
+                     progress=args.progress)
         print(grid.summarize(study, out))
         return 0
     failed = 0
-    if args.run or args.next:
+    if args.run or args.next_runs:
         for run_id in args.run or []:
             study.spec(run_id)  # unknown ids fail before anything starts
-        run_ids = args.run or grid.missing_runs(study, out)[: args.next]
+        run_ids = args.run or grid.missing_runs(study, out)[: args.next_runs]
         if not run_ids:
             print(f"every run of {study.name} is in {out}")
         failed = _launch(args, out, run_ids) if run_ids else 0
@@ -103,3 +84,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n{table}\n{out / 'table.md'}")
     return 1 if failed else 0
 
+
+
+COMMAND = Command(HELP, ReproduceConfig, main, description=__doc__)

@@ -17,13 +17,14 @@ training length follows ``seq_len``, and so does the p-RoPE base: base = 1024 ·
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from siattn.errors import UsageError, check_float, check_int
+from siattn.errors import UsageError, check_int
 from siattn.model.config import GPTConfig, check_fields
 from siattn.model.gpt import count_parameters
+from siattn.options import check_options, option
 from siattn.positional.rope import scaled_p_rope_base
 from siattn.precision import DTYPES
 
@@ -33,81 +34,63 @@ SCHEDULES = ("constant-cooldown", "cosine", "constant")
 @dataclass
 class TrainConfig:
     """A training run. ``batch_size`` is global (sequences per optimiser step, over all ranks and micro-steps);
-    each forward sees ``micro_batch_size`` sequences, and gradient accumulation makes up the rest."""
+    each forward sees ``micro_batch_size`` sequences, and gradient accumulation makes up the rest.
 
-    name: str = "custom"
-    model: GPTConfig = field(default_factory=GPTConfig)
-    # data: a prepared dataset folder; when it does not exist it is prepared from (data_source, tokenizer)
-    # (resolve_config drops data_source when data is overridden with another path: a mistyped path is an error)
-    data: str = "data_cache/stdlib-bytes"
-    data_source: str | None = "stdlib"
-    tokenizer: str = "bytes"
-    seq_len: int = 4096
-    batch_size: int = 128
-    micro_batch_size: int | None = None  # None: batch_size / world_size (no accumulation)
-    steps: int = 4578
-    # optimiser (the paper's defaults; see siattn.training.optim)
-    lr_muon: float = 0.02
-    muon_momentum: float = 0.95
-    muon_adjust_lr: str = "original"  # torch.optim.Muon: scale by sqrt(max(1, rows/cols)) (Keller Jordan's)
-    lr_embed: float = 0.3
-    lr_head: float = 0.002
-    lr_scalar: float = 0.002  # LogN scales
-    adam_betas: tuple[float, float] = (0.9, 0.95)
-    adam_eps: float = 1e-10
-    weight_decay: float = 0.0
-    grad_clip: float | None = None
-    # schedule: lr multiplier over steps (siattn.training.lr_schedules)
-    schedule: str = "constant-cooldown"
-    cooldown_frac: float = 1308 / 4578
-    warmup_steps: int = 0
-    # evaluation on fixed validation windows: the same number of scored tokens at every length
-    eval_every: int = 250
-    eval_tokens: int = 1 << 20
-    eval_multipliers: tuple[int, ...] = (1, 4, 16)
-    eval_batch_tokens: int = 1 << 16
-    # bookkeeping
-    log_every: int = 10
-    ckpt_every: int = 1000
-    keep_checkpoints: int = 2
-    seed: int = 0
-    dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU
-    compile: bool = False
-    tensorboard: bool = False  # also write the metrics as TensorBoard events in RUN/tensorboard
-    out: str | None = None  # run folder; None: runs/{name}-{method}
+    Every field is an option of ``siattn train`` (``--field-name``; the ``model`` fields too, without prefix),
+    except the derived ``model.vocab_size`` and ``model.train_length``."""
+
+    name: str = option("custom", "the run's name (the default run folder is runs/NAME-METHOD)")
+    model: GPTConfig = option(default_factory=GPTConfig, help="the network")
+    data: str = option("data_cache/stdlib-bytes", "prepared dataset folder (or folder of .bin shards); prepared "
+                       "from data_source when it does not exist")
+    data_source: str | None = option("stdlib", "what to prepare data from when it does not exist (see `siattn "
+                                     "data prepare -h`); dropped when data names another folder than the preset's")
+    tokenizer: str = option("bytes", "tokenizer for that preparation: bytes | bpe:N | hf:PATH")
+    seq_len: int = option(4096, "training length in tokens (the model's train_length and the p-RoPE base follow "
+                          "it)", min=1)
+    batch_size: int = option(128, "sequences per optimiser step (all ranks)", min=1)
+    micro_batch_size: int | None = option(None, "sequences per forward on one rank (gradient accumulation makes up "
+                                          "the rest; default: batch_size / world size)", min=1)
+    steps: int = option(4578, "optimiser steps", min=1)
+    lr_muon: float = option(0.02, "Muon lr for hidden matrices", min=0.0)
+    muon_momentum: float = option(0.95, "Muon momentum", min=0.0, max=1.0, max_open=True)
+    muon_adjust_lr: str = option("original", "Muon's lr scaling per matrix shape (torch.optim.Muon adjust_lr_fn; "
+                                 "original: sqrt(max(1, rows/cols)), Keller Jordan's)",
+                                 choices=("original", "match_rms_adamw"))
+    lr_embed: float = option(0.3, "Adam lr for the embedding", min=0.0)
+    lr_head: float = option(0.002, "Adam lr for the head", min=0.0)
+    lr_scalar: float = option(0.002, "Adam lr for LogN scales", min=0.0)
+    adam_betas: tuple[float, float] = option((0.9, 0.95), "Adam β1 β2", min=0.0, max=1.0, max_open=True)
+    adam_eps: float = option(1e-10, "Adam ε", min=0.0, min_open=True)
+    weight_decay: float = option(0.0, "weight decay of every optimiser", min=0.0)
+    grad_clip: float | None = option(None, "clip the gradient norm to this (default: no clipping)", min=0.0,
+                                     min_open=True)
+    schedule: str = option("constant-cooldown", "lr multiplier over the steps", choices=SCHEDULES)
+    cooldown_frac: float = option(1308 / 4578, "share of the steps in the linear cool-down", min=0.0, max=1.0)
+    warmup_steps: int = option(0, "linear lr warm-up steps", min=0)
+    eval_every: int = option(250, "validate every this many steps", min=1)
+    eval_tokens: int = option(1 << 20, "scored validation tokens at every length", min=1)
+    eval_multipliers: tuple[int, ...] = option((1, 4, 16), "validation lengths as multiples of seq_len", min=1,
+                                               sep=",")
+    eval_batch_tokens: int = option(1 << 16, "validation tokens per forward", min=1)
+    log_every: int = option(10, "log the training loss every this many steps", min=1)
+    ckpt_every: int = option(1000, "write a checkpoint every this many steps", min=1)
+    keep_checkpoints: int = option(2, "newest checkpoints kept", min=0)
+    seed: int = option(0, "seed of the initialisation and the data order", min=0)
+    dtype: str = option("auto", "autocast dtype (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES)
+    compile: bool = option(False, "torch.compile the model")
+    tensorboard: bool = option(False, "also write the metrics as TensorBoard events in RUN/tensorboard (needs pip "
+                               "install 'siattn[tensorboard]')")
+    out: str | None = option(None, "run folder (default: runs/NAME-METHOD)")
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = GPTConfig.from_dict(self.model)
         self.adam_betas = tuple(self.adam_betas)
         self.eval_multipliers = tuple(int(m) for m in self.eval_multipliers)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        for name in ("seq_len", "batch_size", "steps", "eval_every", "eval_tokens", "eval_batch_tokens", "log_every",
-                     "ckpt_every"):
-            check_int(name, getattr(self, name), min=1)
-        for name in ("warmup_steps", "keep_checkpoints", "seed"):
-            check_int(name, getattr(self, name), min=0)
-        if self.micro_batch_size is not None:
-            check_int("micro_batch_size", self.micro_batch_size, min=1)
-        for name in ("lr_muon", "lr_embed", "lr_head", "lr_scalar", "weight_decay"):
-            check_float(name, getattr(self, name), min=0.0)
-        if self.grad_clip is not None:
-            check_float("grad_clip", self.grad_clip, min=0.0, min_open=True)
-        check_float("muon_momentum", self.muon_momentum, min=0.0, max=1.0, max_open=True)
-        check_float("adam_eps", self.adam_eps, min=0.0, min_open=True)
-        if len(self.adam_betas) != 2:
-            raise UsageError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
-        for beta in self.adam_betas:
-            check_float("adam_betas", beta, min=0.0, max=1.0, max_open=True)
+        check_options(self)
         if not self.eval_multipliers:
             raise UsageError("eval_multipliers must name at least one multiple of seq_len, e.g. (1, 4, 16)")
-        for m in self.eval_multipliers:
-            check_int("eval_multipliers", m, min=1)
-        if not 0.0 <= self.cooldown_frac <= 1.0:
-            raise UsageError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
     @property
     def tokens_per_step(self) -> int:
