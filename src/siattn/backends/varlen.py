@@ -18,15 +18,10 @@ CU_SEQLENS_DTYPES = (torch.int32, torch.int64)
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_offset: int) -> torch.Tensor:
-    """``cu_seqlens`` as int64 on q's device after checking it and the packed layout; one-line ValueErrors naming
-    the parameter. Reads the (N+1) values on the host (one synchronisation when they live on a GPU)."""
-    if not isinstance(cu_seqlens, torch.Tensor):
-        raise ValueError(f"cu_seqlens must be an int32 or int64 torch.Tensor or None, got "
-                         f"{type(cu_seqlens).__name__}")
-    if cu_seqlens.dtype not in CU_SEQLENS_DTYPES:
-        raise ValueError(f"cu_seqlens.dtype must be torch.int32 or torch.int64, got {cu_seqlens.dtype}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError(f"cu_seqlens must have shape (N+1,) with N >= 1 documents, got {tuple(cu_seqlens.shape)}")
+    """``cu_seqlens`` as int64 on q's device after checking it and the packed layout (q (1, H, T, D), k (1, Hkv,
+    T, D), q_offset = 0); one-line ValueErrors naming the parameter. Reads the (N+1) values on the host (one
+    synchronisation when they live on a GPU)."""
+    check_cu_seqlens_tensor(cu_seqlens)
     if q.shape[0] != 1:
         raise ValueError(f"with cu_seqlens, q, k, v must hold one packed row (batch 1), got batch {q.shape[0]}")
     if q.shape[2] != k.shape[2]:
@@ -34,8 +29,25 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                          f"{q.shape[2]} and {k.shape[2]}")
     if q_offset != 0:
         raise ValueError(f"with cu_seqlens, q_offset must be 0 (positions restart at each document), got {q_offset}")
+    return check_cu_seqlens_values(cu_seqlens, q.shape[2], q.device)
+
+
+def check_cu_seqlens_tensor(cu_seqlens: torch.Tensor) -> None:
+    """Raise a one-line ValueError unless ``cu_seqlens`` is an int32/int64 tensor of shape (N+1,), N >= 1."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise ValueError(f"cu_seqlens must be an int32 or int64 torch.Tensor or None, got "
+                         f"{type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in CU_SEQLENS_DTYPES:
+        raise ValueError(f"cu_seqlens.dtype must be torch.int32 or torch.int64, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must have shape (N+1,) with N >= 1 documents, got {tuple(cu_seqlens.shape)}")
+
+
+def check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, device: torch.device | str) -> torch.Tensor:
+    """``cu_seqlens`` (checked by :func:`check_cu_seqlens_tensor`) as int64 on ``device`` after checking
+    cu_seqlens[0] = 0 < cu_seqlens[1] < ... < cu_seqlens[-1] = ``total``."""
+    check_cu_seqlens_tensor(cu_seqlens)
     values = cu_seqlens.tolist()
-    total = q.shape[2]
     if values[0] != 0:
         raise ValueError(f"cu_seqlens[0] must be 0, got {values[0]}")
     if values[-1] != total:
@@ -44,7 +56,7 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         if b <= a:
             raise ValueError(f"cu_seqlens must be strictly increasing (documents of length >= 1), got "
                              f"cu_seqlens[{d}] = {a} and cu_seqlens[{d + 1}] = {b}")
-    return cu_seqlens.to(device=q.device, dtype=torch.int64)
+    return cu_seqlens.to(device=device, dtype=torch.int64)
 
 
 def document_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
