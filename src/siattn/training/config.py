@@ -73,6 +73,11 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU
     compile: bool = False
+    # pack_documents: attention and rotary positions restart at every end-of-document token of a training window
+    # (each document begins with one), so no token attends across a document boundary; the micro-batch's windows
+    # run as one packed row (siattn.data.pack_rows, cu_seqlens). The windows and their order are those of an
+    # unpacked run; off (the default), the model attends across boundaries as before. Validation is unpacked.
+    pack_documents: bool = False
     tensorboard: bool = False  # also write the metrics as TensorBoard events in RUN/tensorboard
     out: str | None = None  # run folder; None: runs/{name}-{method}
 
@@ -106,6 +111,8 @@ class TrainConfig:
             check_int("eval_multipliers", m, min=1)
         if not 0.0 <= self.cooldown_frac <= 1.0:
             raise UsageError(f"cooldown_frac must be in [0, 1], got {self.cooldown_frac}")
+        if not isinstance(self.pack_documents, bool):
+            raise UsageError(f"pack_documents must be True or False, got {self.pack_documents!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
