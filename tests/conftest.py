@@ -4,7 +4,9 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
-    torch.manual_seed(torch.seed() % (2**31))  # fresh random inputs each run; the seed is in the failure output
+    seed = torch.seed() % (2**31)  # fresh random inputs each run
+    torch.manual_seed(seed)
+    print(f"torch seed {seed} (replay: torch.manual_seed({seed}) at the start of the test)")  # shown on failure
     yield
 
 

@@ -15,6 +15,7 @@ from siattn.training import (
     CheckpointError,
     build_optimizer,
     read_checkpoint_state,
+    resolve_checkpoint,
     resolve_config,
     save_checkpoint,
     save_run_checkpoint,
@@ -128,6 +129,24 @@ def test_temporary_folder_of_a_killed_writer_is_removed_by_the_next_save(tmp_pat
     save(run, 2, model_and_opt)
     assert hidden(run) == []
     assert steps_on_disk(run) == [1, 2]
+
+
+def test_a_save_killed_while_replacing_the_latest_folder_resumes_from_the_newest_complete_one(
+        tmp_path, model_and_opt, capsys):
+    """Re-saving the step LATEST names moves the old folder aside before renaming the new one in; a kill between
+    the two leaves LATEST naming a missing folder. The run's newest complete checkpoint is then its state."""
+    from siattn.training.checkpointing import temporary_name
+    from siattn.training.trainer import find_checkpoint
+
+    run = tmp_path / "run"
+    for step in (1, 2):
+        save(run, step, model_and_opt, keep=3)
+    ckpts = run / "checkpoints"
+    (ckpts / "step_000002").rename(temporary_name(ckpts / "step_000002", "old"))  # the killed save's first move
+    assert resolve_checkpoint(run) == ckpts / "step_000001"
+    assert "names 'step_000002', which is missing" in capsys.readouterr().err
+    assert find_checkpoint(run) == ckpts / "step_000001"
+    read_checkpoint_state(run)
 
 
 # ---- through the trainer ----

@@ -29,14 +29,16 @@ def distances(q_start: int, tq: int, k_start: int, tk: int, device: torch.device
     return qpos[:, None] - kpos[None, :]
 
 
-def grouped_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """S = scale·q·kᵀ in :func:`compute_dtype`, query heads grouped by the key head they read.
+def grouped_scores(q: torch.Tensor, k: torch.Tensor, scale: float, math_dtype: torch.dtype | None = None
+                   ) -> torch.Tensor:
+    """S = scale·q·kᵀ in ``math_dtype`` (default :func:`compute_dtype`), query heads grouped by the key head
+    they read.
 
     q: (B, H, Tq, D); k: (B, Hkv, Tk, D) with H = Hkv·G. Returns (B, Hkv, G, Tq, Tk).
     """
     batch, heads, tq, dim = q.shape
     hkv = k.shape[1]
-    cd = compute_dtype(q.dtype)
+    cd = math_dtype or compute_dtype(q.dtype)
     qg = q.to(cd).reshape(batch, hkv, heads // hkv, tq, dim)
     kf = k.to(cd)[:, :, None]
     return torch.matmul(qg, kf.transpose(-1, -2)) * scale
@@ -62,14 +64,16 @@ def _group_mask(mask: torch.Tensor, hkv: int, groups: int) -> torch.Tensor:
 def reference_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, transform: LogitTransform, q_offset: int,
     causal: bool, scale: float, mask: torch.Tensor | None = None, dropout: float = 0.0,
-    cu_seqlens: torch.Tensor | None = None,
+    math_dtype: torch.dtype | None = None, cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(f(scale·q·kᵀ; t) + masks)·v.  q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, H, Tq, D).
 
     Query row r sits at position q_offset + r, key column c at c, t = q_offset + r − c. ``mask``: an optional
     boolean (B|1, 1|H, Tq, Tk), True = attend, combined with the causal mask when ``causal``; with a mask, blocked
     logits are filled with the dtype's lowest finite value and rows that see no key give 0. ``dropout``: the
-    probability of dropping each attention weight (training only). ``cu_seqlens``: packed documents
+    probability of dropping each attention weight (training only). ``math_dtype``: the dtype of every step
+    (default :func:`compute_dtype`); ``math_dtype=q.dtype`` is the plain formula in the input's precision, the
+    yardstick :mod:`siattn.benchmarking.accuracy` holds the other backends to. ``cu_seqlens``: packed documents
     (:mod:`siattn.backends.varlen`; B = 1, Tq = Tk, q_offset = 0), each attended on its own (a loop over the
     documents, so the result is that of running them separately, bit for bit).
     """
@@ -77,14 +81,14 @@ def reference_attention(
         bounds = cu_seqlens.tolist()
         return torch.cat([
             reference_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], transform=transform, q_offset=0,
-                                causal=causal, scale=scale, dropout=dropout,
+                                causal=causal, scale=scale, dropout=dropout, math_dtype=math_dtype,
                                 mask=None if mask is None else mask[..., s:e, s:e])
             for s, e in itertools.pairwise(bounds)], dim=2)
     batch, heads, tq, _ = q.shape
     hkv, tk = k.shape[1], k.shape[2]
-    cd = compute_dtype(q.dtype)
+    cd = math_dtype or compute_dtype(q.dtype)
     vf = v.to(cd)[:, :, None]
-    scores = grouped_scores(q, k, scale)
+    scores = grouped_scores(q, k, scale, cd)
     signed = distances(q_offset, tq, 0, tk, q.device)
     if mask is None:
         probs = torch.softmax(attention_logits(scores, signed, transform, heads, causal=causal), dim=-1)

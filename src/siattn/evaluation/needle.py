@@ -56,6 +56,7 @@ class Needle:
     value: str
     start: int  # index of the needle's first token in the prompt
     depth: float  # where it went in the haystack: insertion point / haystack length, in [0, 1]
+    tokens: int = 0  # tokens of the needle's sentence (prompt[start:start + tokens])
 
 
 @dataclass
@@ -179,7 +180,7 @@ def make_needle_example(haystack_tokens: Any, tokenizer: Any, length: int, rng: 
     pieces, needles, prev, offset = [], [], 0, 0
     for i, (p, ids) in enumerate(zip(places, needle_ids)):
         pieces += [haystack[prev:p], ids]
-        needles.append(Needle(names[i], numbers[i], start=p + offset, depth=p / hay_len))
+        needles.append(Needle(names[i], numbers[i], start=p + offset, depth=p / hay_len, tokens=len(ids)))
         offset += len(ids)
         prev = p
     pieces += [haystack[prev:], question]

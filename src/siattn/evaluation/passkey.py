@@ -45,7 +45,7 @@ def make_passkey_example(tokenizer: Any, length: int, rng: np.random.Generator, 
     start = len(intro) + before * len(filler)
     prompt = np.concatenate([intro, *[filler] * before, key_ids, *[filler] * (n_filler - before), question])
     depth = before / n_filler if n_filler else 0.0
-    needle = Needle("pass key", key, start, depth)
+    needle = Needle("pass key", key, start, depth, tokens=len(key_ids))
     return RetrievalExample(prompt.astype(np.int64), answer, answer_text, [needle],
                             info={"filler_repeats": n_filler})
 

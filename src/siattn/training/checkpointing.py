@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import sys
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,11 @@ def prune_checkpoints(folder: Path, keep: int, line: Collection[int] | None = No
 
 # ---- reading ----
 
+def _complete_steps(folder: Path) -> list[Path]:
+    """The step_* folders of ``folder`` that carry the COMPLETE marker, oldest first."""
+    return sorted(p for p in folder.glob("step_*") if (p / COMPLETE).exists())
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from: itself, a run folder or its ``checkpoints/`` (their LATEST), or a file in it."""
     path = Path(path)
@@ -284,12 +290,20 @@ def resolve_checkpoint(path: str | Path) -> Path:
         latest = folder / LATEST
         if latest.is_file():
             name = latest.read_text().strip()
-            if not name or not (folder / name).is_dir():
-                raise CheckpointError(f"{latest} names {name!r}, which is not a checkpoint folder")
-            return folder / name
+            if name and (folder / name).is_dir():
+                return folder / name
+            # a save that replaced the folder LATEST names was killed between moving the old folder aside and
+            # renaming the new one in: the newest complete checkpoint is the run's state
+            done = _complete_steps(folder)
+            if not done:
+                raise CheckpointError(f"{latest} names {name!r}, which is not a checkpoint folder, and "
+                                      f"{folder} holds no complete checkpoint")
+            print(f"siattn: {latest} names {name!r}, which is missing (a save was interrupted); using "
+                  f"{done[-1].name}, the newest complete checkpoint", file=sys.stderr)
+            return done[-1]
     if (path / STATE_FILE).exists() or (path / MODEL_FILE).exists():
         return path
-    done = sorted(p for p in path.glob(f"{CHECKPOINTS}/step_*") if (p / COMPLETE).exists())
+    done = _complete_steps(path / CHECKPOINTS)
     if done:
         return done[-1]
     raise CheckpointError(f"{path}: neither a checkpoint folder (with {STATE_FILE}) nor a run folder with "

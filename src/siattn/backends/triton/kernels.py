@@ -753,10 +753,11 @@ def dq_from_accumulator_kernel(DQACC, DQ, sdqb, sdqh, sdqm, H, Tq, dq_pitch, DS_
 def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi,
               q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
               BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
-              CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, DOCS: tl.constexpr = False, DOC_START=None,
-              ds_row=None):
-    """Accumulate dQ of one query tile over key tiles lo .. hi−1 (DOCS: masked tiles hide keys of other
-    documents, ``_same_doc``)."""
+              CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, ROW_TERM: tl.constexpr = False,
+              DOCS: tl.constexpr = False, DOC_START=None, ds_row=None):
+    """Accumulate dQ of one query tile over key tiles lo .. hi−1. ROW_TERM: accumulate instead the row term
+    Σ_j P_ij·dP_ij into every column of ``dq`` (the backward's own P and dP, see :func:`bwd_dq_kernel`). DOCS:
+    masked tiles hide keys of other documents (``_same_doc``)."""
     tcol = offs_n.to(tl.float32)
     for i in range(lo, hi):
         n0 = i * BLOCK_N
@@ -781,12 +782,15 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, o
                 vis = vis & _same_doc(DOC_START, ds_row, offs_k, Tk)
             p = tl.where(vis, p, 0.0)
         dp = tl.dot(do, vt)
-        ds = p * (dp - delta[:, None])
-        if MODE == 1:
-            ds = ds * bsl
-            if MASKED:
-                ds = tl.where(vis, ds, 0.0)
-        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
+        if ROW_TERM:
+            dq = dq + tl.sum(p * dp, 1)[:, None]
+        else:
+            ds = p * (dp - delta[:, None])
+            if MODE == 1:
+                ds = ds * bsl
+                if MASKED:
+                    ds = tl.where(vis, ds, 0.0)
+            dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
     return dq
 
 
@@ -796,8 +800,16 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES, DOC_START, DOC_END,
                   BH, H, G, Tq, Tk, q_offset, coef_len,
                   qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
-                  CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, VARLEN: tl.constexpr = False):
-    """dQ of one BLOCK_M query tile; the key tiles as in ``fwd_kernel`` (VARLEN: ``_doc_tiles``)."""
+                  CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, ROW_TERM: tl.constexpr = False,
+                  VARLEN: tl.constexpr = False):
+    """dQ of one query tile; with ROW_TERM, the exact row term DELTA[bh, m] = Σ_j P_mj·dP_mj of the tile instead.
+    The key tiles as in ``fwd_kernel`` (VARLEN: packed documents, ``_doc_tiles``).
+
+    The row term of dL = P∘(dP − Δ) is usually taken as Δ = rowsum(dO∘O) from the stored output, which the
+    forward rounded to the input dtype after a P·V product with P rounded too. Where attention is peaked
+    (P_mj ≈ 1 for one key) dP_mj − Δ cancels to a small number and that rounding dominates it: dK and dQ lose
+    their leading digits. Summing Δ from the same P and dP the gradient kernels recompute keeps it consistent.
+    """
     pid_m, bh = _schedule(True)
     if bh >= BH:
         return
@@ -835,7 +847,7 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES, DOC_START, DOC_END,
                                                           BLOCK_M, BLOCK_N, CAUSAL)
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_lo, n_start,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N,
-                       MODE, 0, True, CAUSAL, USE_ASM, True, DOC_START, ds_row)
+                       MODE, 0, True, CAUSAL, USE_ASM, ROW_TERM, True, DOC_START, ds_row)
     else:
         n_start = 0
         ds_row = offs_m
@@ -846,25 +858,28 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES, DOC_START, DOC_END,
         n3 = tl.maximum(tl.minimum(_count_far(base_x - T3, BLOCK_N), n_full), n2)
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_start, n1,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                       BLOCK_N, MODE, 1, False, CAUSAL, USE_ASM)
+                       BLOCK_N, MODE, 1, False, CAUSAL, USE_ASM, ROW_TERM)
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                       BLOCK_N, MODE, 2, False, CAUSAL, USE_ASM)
+                       BLOCK_N, MODE, 2, False, CAUSAL, USE_ASM, ROW_TERM)
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n2, n3,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                       BLOCK_N, MODE, 3, False, CAUSAL, USE_ASM)
+                       BLOCK_N, MODE, 3, False, CAUSAL, USE_ASM, ROW_TERM)
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n3, n_full,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM)
+                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM, ROW_TERM)
     else:
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_start, n_full,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
-                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM)
+                       BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM, ROW_TERM)
     dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full, n_end,
                    q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N,
-                   MODE, 0, True, CAUSAL, USE_ASM, VARLEN, DOC_START, ds_row)
-    tl.store(DQ + b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None] * sdqm + offs_d[None, :],
-             (dq * DS_SCALE).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+                   MODE, 0, True, CAUSAL, USE_ASM, ROW_TERM, VARLEN, DOC_START, ds_row)
+    if ROW_TERM:  # every column holds the same sum
+        tl.store(DELTA + bh.to(tl.int64) * Tq + offs_m, tl.max(dq, 1), mask=row_ok)
+    else:
+        tl.store(DQ + b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None] * sdqm + offs_d[None, :],
+                 (dq * DS_SCALE).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
 # ---------------------------------------------------------------------------------------------------- decode

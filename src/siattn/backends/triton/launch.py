@@ -219,7 +219,7 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
             num_warps=c.dkdv_warps, num_stages=c.dkdv_stages, **varlen,
         )
 
-    def launch_dq(c: BwdConfig):
+    def launch_dq(c: BwdConfig, row_term: bool = False):
         coef, slopes, _, th = _transform_args(transform, scale, c.dq_n, q_offset + tq, heads, q.device, causal,
                                               poly)
         _k.bwd_dq_kernel[_grid(c.section, triton.cdiv(tq, c.dq_m), batch * heads, q.device)](
@@ -230,8 +230,14 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
             batch * heads, heads, groups, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], ds_scale,
             *th, HEAD_DIM=dim, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n, MODE=mode, CAUSAL=causal,
-            USE_ASM=_use_asm(), num_warps=c.dq_warps, num_stages=c.dq_stages, **varlen,
+            USE_ASM=_use_asm(), ROW_TERM=row_term, num_warps=c.dq_warps, num_stages=c.dq_stages, **varlen,
         )
+
+    exact_row_term = options.exact_row_term(tq)
+
+    def row_term(c: BwdConfig):
+        """Overwrite delta with the exact row term Σ_j P·dP (one more pass over the keys, no dQ product)."""
+        launch_dq(c, row_term=True)
 
     key = (dim, q.dtype, transform.kind, causal, groups, _bucket(tq), _bucket(tk), poly)
     if docs is not None:
@@ -246,6 +252,8 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
         def launch_fused(c: BwdConfig):
             dq_acc = torch.empty(batch * heads, dim, dq_pitch, device=q.device, dtype=torch.float32)
             preprocess(dq_acc)  # zeroes dq_acc (every launch while tuning adds into a fresh one)
+            if exact_row_term:
+                row_term(c)
             launch_dkdv(c, dq_acc, fused)
             _k.dq_from_accumulator_kernel[(triton.cdiv(tq, 64), batch * heads)](
                 dq_acc, dq, dq.stride(0), dq.stride(1), dq.stride(2), heads, tq, dq_pitch, ds_scale,
@@ -254,6 +262,8 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
         launch_fused(cfg or _pick("fused", key, DKDV_CANDIDATES, default, launch_fused, tune))
         return dq, dk, dv
     preprocess()
+    if exact_row_term:
+        row_term(cfg or default)
     if "dkdv" in parts:
         launch_dkdv(cfg or _pick("dkdv", key, DKDV_CANDIDATES, default, launch_dkdv, tune))
     if "dq" in parts:
