@@ -30,7 +30,7 @@ from pathlib import Path
 POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}
 FLOAT_POINTERS = {"LSE", "DELTA", "COEF", "SLOPES", "DQACC"}
 FLOATS = {"qk_scale", "inv_tau", "A2", "K2", "NEG_GAMMA", "DS_SCALE"}
-POINTERS_I32 = {"FLAGS"}
+POINTERS_I32 = {"FLAGS", "DOC_START", "DOC_END"}
 MODES = {"none": 0, "si": 1, "alibi": 2}
 
 

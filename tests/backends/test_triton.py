@@ -625,6 +625,112 @@ def test_gpu_decode_long_cache(transform, d):
     assert _rel(out, ref) < FWD_TOL
 
 
+# ------------------------------------------------------------------------------------------- packed documents
+def _check_packed(lengths, transform, causal=True, h=2, hkv=1, d=64, bwd_config=None, fwd_config=None, **options):
+    """The fused kernels on documents packed by ``cu_seqlens`` against the float32 reference run on each
+    document separately (``reference_attention`` loops over them), forward and backward."""
+    from siattn.backends.varlen import from_lengths
+
+    cu = from_lengths(lengths, device=DEVICE)
+    total = sum(lengths)
+    dtype = DTYPES[0]
+    q, k, v = _inputs(1, h, hkv, total, total, d, dtype)
+    kw = dict(transform=transform, q_offset=0, causal=causal, scale=d**-0.5)
+    qf, kf, vf = (x.detach().float().requires_grad_() for x in (q, k, v))
+    ref = reference_attention(qf, kf, vf, cu_seqlens=cu, **kw)
+    kernel = tb.KernelOptions(forward=fwd_config, backward=bwd_config, **options)
+    out = tb.flash_attention(q, k, v, kernel=kernel, cu_seqlens=cu, **kw)
+    where = f"lengths={lengths} {transform.kind} causal={causal}"
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert _rel(out, ref) < FWD_TOL, f"forward error {_rel(out, ref):.2e} {where}"
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (qf, kf, vf), g)
+    grads = torch.autograd.grad(out, (q, k, v), g.to(dtype))
+    for name, a, r in zip("qkv", grads, ref_grads):
+        assert torch.isfinite(a).all(), f"d{name} not finite {where}"
+        if r.norm() == 0:  # one-token documents only: the scores get no gradient
+            assert a.abs().max() < 1e-3, f"d{name} should be 0, got {a.abs().max():.2e} {where}"
+        else:
+            assert _rel(a, r) < GRAD_TOL, f"d{name} error {_rel(a, r):.2e} {where}"
+
+
+# documents shorter and longer than a tile, one-token ones, boundaries inside tiles, a ragged last tile
+PACKED_LAYOUTS = [[5, 1, 20, 11], [1, 1, 1, 33, 2], [40], [1, 1]]
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
+@pytest.mark.parametrize("lengths", PACKED_LAYOUTS, ids=str)
+def test_packed_documents_match_documents_run_separately(lengths, transform):
+    _check_packed(lengths, transform)
+
+
+@pytest.mark.parametrize("transform", [SI, LogitTransform("alibi")], ids=["si", "alibi"])
+def test_packed_documents_non_causal(transform):
+    _check_packed([5, 1, 20, 11], transform, causal=False)
+
+
+def test_packed_documents_random_layouts():
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, ()).item()))
+    for _ in range(2):
+        lengths = [int(n) for n in rng.integers(1, 24, size=rng.integers(1, 5))]
+        _check_packed(lengths, SI, h=4, hkv=2)  # the lengths are in the failure message
+
+
+@pytest.mark.parametrize("transform", [SI, LogitTransform("none")], ids=["si", "none"])
+def test_packed_documents_lazy_forward_and_fused_dq(transform):
+    """The lazy-rescaling forward and the dQ accumulated by the dK/dV kernel (atomics) with documents."""
+    base_f = tb.INTERPRETER_FWD if not CUDA else tb.DEFAULT_FWD
+    base_b = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
+    _check_packed([5, 1, 20, 11], transform, fwd_config=dataclasses.replace(base_f, lazy=True),
+                  bwd_config=dataclasses.replace(base_b, fused_dq="atomics"))
+
+
+def test_packed_documents_static_offset_config_falls_back_to_online_softmax():
+    """A tiling that asks for the fixed-offset forward: packed documents run the online softmax instead."""
+    base = tb.INTERPRETER_FWD if not CUDA else tb.DEFAULT_FWD
+    _check_packed([5, 1, 20, 11], SI, fwd_config=dataclasses.replace(base, static=True, static_min_keys=1))
+
+
+@pytest.mark.parametrize("dkdv_poly", [3, 1, 0])
+def test_packed_documents_far_tiles_use_every_polynomial_order(monkeypatch, dkdv_poly):
+    """Far-tile polynomials with documents: thresholds lowered to (64, 40, 24) so that a 100-token document
+    reaches orders 1, 2 and 3 on small inputs (the polynomials stay within tolerance there), with short documents
+    on either side; the dK/dV kernel's three ways of covering far tiles agree."""
+    launch = importlib.import_module("siattn.backends.triton.launch")
+    real = launch._transform_args
+
+    def lowered(*args, **kw):
+        coef, slopes, consts, th = real(*args, **kw)
+        return coef, slopes, consts, ((64, 40, 24) if th[0] != tb.NEVER else th)
+
+    monkeypatch.setattr(launch, "_transform_args", lowered)
+    base = tb.INTERPRETER_BWD if not CUDA else tb.DEFAULT_BWD
+    _check_packed([3, 100, 1, 20], SI, bwd_config=dataclasses.replace(base, dkdv_poly=dkdv_poly))
+
+
+def test_packed_documents_take_the_fused_kernels_not_decoding():
+    """A few packed queries without gradients would go to the split-K decoder; with cu_seqlens they do not."""
+    from siattn.backends.varlen import from_lengths
+
+    q, k, v = _inputs(1, 2, 1, 8, 8, 64, DTYPES[0], grad=False)
+    cu = from_lengths([3, 5], device=DEVICE)
+    out = run_backend(q, k, v, transform=SI, backend="triton", cu_seqlens=cu)
+    ref = reference_attention(q.float(), k.float(), v.float(), transform=SI, q_offset=0, causal=True,
+                              scale=64**-0.5, cu_seqlens=cu)
+    assert _rel(out, ref) < FWD_TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=TIDS)
+@pytest.mark.parametrize("d", [64, 128])
+def test_gpu_packed_documents_match_separate_documents(transform, d):
+    """bf16 on the GPU at the default tilings: 4k positions of random documents (every polynomial order reached
+    in the longest) against the reference per document."""
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in rng.integers(1, 600, size=8)] + [2500, 1, 1]
+    _check_packed(lengths, transform, h=4, hkv=2, d=d)
+
+
 # ----------------------------------------------------------------------------------- peaked attention accuracy
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_peaked_one_query_backward_is_as_accurate_as_plain_pytorch(seed):

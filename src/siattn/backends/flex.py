@@ -13,6 +13,7 @@ import math
 import torch
 
 from siattn.backends.transforms import LogitTransform
+from siattn.backends.varlen import document_ids
 from siattn.positional.alibi import alibi_slopes
 
 
@@ -44,6 +45,19 @@ def _block_mask(tq: int, tk: int, q_offset: int, causal: bool, valid_keys: int |
 
     mask = causal_mask if valid_keys is None else padded_mask
     return create_block_mask(mask, B=None, H=None, Q_LEN=tq, KV_LEN=tk, device=device)
+
+
+def _document_block_mask(doc: torch.Tensor, causal: bool):
+    """The block mask of packed documents: query i sees key j when both lie in one document (``doc``: (T,)
+    document ids) and, when ``causal``, j <= i. Blocks wholly outside the documents are skipped."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def document_mask(b, h, q_idx, kv_idx):
+        same = doc[q_idx] == doc[kv_idx]
+        return same & (q_idx >= kv_idx) if causal else same
+
+    total = doc.shape[0]
+    return create_block_mask(document_mask, B=None, H=None, Q_LEN=total, KV_LEN=total, device=str(doc.device))
 
 
 def make_score_mod(transform: LogitTransform, q_offset: int, num_heads: int, device: torch.device):
@@ -91,9 +105,11 @@ def _score_mod(transform: LogitTransform, num_heads: int, device: str):
 
 def flex_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, transform: LogitTransform, q_offset: int,
-    causal: bool, scale: float,
+    causal: bool, scale: float, cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """FlexAttention with the logit transform. q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, H, Tq, D)."""
+    """FlexAttention with the logit transform. q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, H, Tq, D).
+    ``cu_seqlens``: packed documents (:mod:`siattn.backends.varlen`), a mask_mod on document ids (the
+    score_mod's distances are unchanged: t = i − j is the same within a document)."""
     out_dtype = q.dtype
     tq, tk = q.shape[2], k.shape[2]
     if q.device.type == "cpu":
@@ -101,8 +117,15 @@ def flex_attention(
             q, k, v = q.float(), k.float(), v.float()
         q, k, v = (_pad_length(x, CPU_LENGTH_MULTIPLE) for x in (q, k, v))
     padded = k.shape[2] != tk
-    block_mask = (_block_mask(q.shape[2], k.shape[2], q_offset, causal, tk if padded else None, str(q.device))
-                  if causal or padded else None)
+    if cu_seqlens is not None:
+        doc = document_ids(cu_seqlens, tk).to(torch.int32)
+        if padded:  # the padding is a document of its own: no real query sees it, and its queries see a key
+            doc = torch.cat([doc, doc.new_full((k.shape[2] - tk,), cu_seqlens.numel() - 1)])
+        block_mask = _document_block_mask(doc, causal)
+    elif causal or padded:
+        block_mask = _block_mask(q.shape[2], k.shape[2], q_offset, causal, tk if padded else None, str(q.device))
+    else:
+        block_mask = None
     score_mod = make_score_mod(transform, q_offset, q.shape[1], q.device)
     out = _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
                            enable_gqa=q.shape[1] != k.shape[1])

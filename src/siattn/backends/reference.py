@@ -9,6 +9,8 @@ model analysis calls the first two on the rows it studies.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -62,7 +64,7 @@ def _group_mask(mask: torch.Tensor, hkv: int, groups: int) -> torch.Tensor:
 def reference_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, transform: LogitTransform, q_offset: int,
     causal: bool, scale: float, mask: torch.Tensor | None = None, dropout: float = 0.0,
-    math_dtype: torch.dtype | None = None,
+    math_dtype: torch.dtype | None = None, cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(f(scale·q·kᵀ; t) + masks)·v.  q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, H, Tq, D).
 
@@ -71,8 +73,17 @@ def reference_attention(
     logits are filled with the dtype's lowest finite value and rows that see no key give 0. ``dropout``: the
     probability of dropping each attention weight (training only). ``math_dtype``: the dtype of every step
     (default :func:`compute_dtype`); ``math_dtype=q.dtype`` is the plain formula in the input's precision, the
-    yardstick :mod:`siattn.benchmarking.accuracy` holds the other backends to.
+    yardstick :mod:`siattn.benchmarking.accuracy` holds the other backends to. ``cu_seqlens``: packed documents
+    (:mod:`siattn.backends.varlen`; B = 1, Tq = Tk, q_offset = 0), each attended on its own (a loop over the
+    documents, so the result is that of running them separately, bit for bit).
     """
+    if cu_seqlens is not None:
+        bounds = cu_seqlens.tolist()
+        return torch.cat([
+            reference_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], transform=transform, q_offset=0,
+                                causal=causal, scale=scale, dropout=dropout, math_dtype=math_dtype,
+                                mask=None if mask is None else mask[..., s:e, s:e])
+            for s, e in itertools.pairwise(bounds)], dim=2)
     batch, heads, tq, _ = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     cd = math_dtype or compute_dtype(q.dtype)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from siattn.backends.transforms import LogitTransform
+from siattn.backends.varlen import same_document
 
 
 def sdpa_unsupported(
@@ -23,12 +24,16 @@ def sdpa_unsupported(
 
 def sdpa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, transform: LogitTransform, q_offset: int,
-    causal: bool, scale: float,
+    causal: bool, scale: float, cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """softmax(scale·q·kᵀ + causal mask)·v through ``F.scaled_dot_product_attention``. Shapes as every backend."""
+    """softmax(scale·q·kᵀ + causal mask)·v through ``F.scaled_dot_product_attention``. Shapes as every backend.
+    ``cu_seqlens``: packed documents (:mod:`siattn.backends.varlen`) through a block-diagonal boolean (T, T)
+    mask, which is materialised and keeps SDPA off its flash kernel: ``auto`` does not pick SDPA for them."""
     tq, tk = q.shape[2], k.shape[2]
     mask = None
-    if causal and not (q_offset == 0 and tq == tk):
+    if cu_seqlens is not None:
+        mask = same_document(cu_seqlens, tk, causal)
+    elif causal and not (q_offset == 0 and tq == tk):
         # bottom-right (or offset) alignment: build the boolean mask explicitly (True = attend)
         qpos = torch.arange(q_offset, q_offset + tq, device=q.device)
         mask = qpos[:, None] >= torch.arange(tk, device=q.device)[None, :]

@@ -12,7 +12,7 @@
 
 from siattn.data.dataset import TokenDataset
 from siattn.data.errors import DataError
-from siattn.data.loader import SequenceLoader, unigram_entropy, validation_windows
+from siattn.data.loader import SequenceLoader, pack_rows, unigram_entropy, validation_windows
 from siattn.data.prepare import prepare_dataset
 from siattn.data.shards import TokenArray, write_nanogpt_shard
 from siattn.data.tokenizer import (
@@ -34,6 +34,7 @@ __all__ = [
     "TokenDataset",
     "Tokenizer",
     "load_tokenizer",
+    "pack_rows",
     "prepare_dataset",
     "train_bpe",
     "unigram_entropy",

@@ -106,6 +106,21 @@ class SequenceLoader:
         self.epoch, self.step = int(state["epoch"]), consumed // here
 
 
+def pack_rows(x: torch.Tensor, y: torch.Tensor, eod_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A (B, T) batch as one packed row of documents: (x (1, B·T), y (1, B·T), cu_seqlens (N+1,) int32 on x's
+    device). A document begins at every row start and at every ``eod_id`` in x (prepared data puts one before each
+    document), so no position attends across a row or a document boundary (:func:`siattn.attention`'s
+    ``cu_seqlens``)."""
+    if x.dim() != 2 or x.shape != y.shape:
+        raise ValueError(f"x and y must be (batch, seq_len) of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    batch, length = x.shape
+    flat = x.reshape(1, batch * length)
+    starts = flat[0] == eod_id
+    starts[::length] = True
+    bounds = torch.cat([torch.nonzero(starts).flatten(), torch.tensor([batch * length], device=x.device)])
+    return flat, y.reshape(1, batch * length), bounds.to(torch.int32)
+
+
 def validation_windows(tokens: TokenArray | np.ndarray | Sequence[int], seq_len: int, n_tokens: int, *,
                        batch_size: int = 1, allow_remainder: bool = False) -> Iterator[torch.Tensor]:
     """Fixed validation windows: ``n_tokens // seq_len`` windows of ``seq_len + 1`` tokens from the start of

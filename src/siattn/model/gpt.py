@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from siattn.backends.varlen import check_cu_seqlens_values, positions_in_documents
 from siattn.errors import check_float, check_int
 from siattn.functional import attention
 from siattn.methods import get_method
@@ -107,7 +108,7 @@ class CausalSelfAttention(nn.Module):
         return q, k
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k = self.queries_keys(x, rotary)  # (B, H, T, D), (B, Hkv, T, D)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -117,7 +118,7 @@ class CausalSelfAttention(nn.Module):
             q_offset = cache.length
             k, v = cache.update(self.layer, k, v)
         y = attention(q, k, v, method=self.method, causal=True, q_offset=q_offset, backend=self.backend,
-                      tau=self.tau, logn_scale=self.logn_scale)  # (B, H, T, D)
+                      tau=self.tau, logn_scale=self.logn_scale, cu_seqlens=cu_seqlens)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.c_proj(y)
 
@@ -140,8 +141,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(norm(x), rotary, cache)
+                cache: KVCache | None = None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(norm(x), rotary, cache, cu_seqlens)
         return x + self.mlp(norm(x))
 
 
@@ -179,21 +180,44 @@ class GPT(nn.Module):
                                                           device=device)
         return self._rotary_cache[key]
 
+    def _packed_rotary(self, idx: torch.Tensor, cu_seqlens: torch.Tensor, context_length: int | None,
+                       kv_cache: KVCache | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(cos, sin) (T, head_dim) of packed documents: each position's row at its position within its document."""
+        if kv_cache is not None:
+            raise ValueError("cu_seqlens (packed documents) cannot be combined with kv_cache; generate each "
+                             "document on its own")
+        if idx.shape[0] != 1:
+            raise ValueError(f"with cu_seqlens, idx must hold one packed row (batch 1), got batch {idx.shape[0]}")
+        cu = check_cu_seqlens_values(cu_seqlens, idx.shape[1], idx.device)
+        if self.rotary is None:
+            return None
+        longest = int((cu[1:] - cu[:-1]).max())
+        cos, sin = self.rotary_cos_sin(0, longest, context_length or longest, idx.device)
+        positions = positions_in_documents(cu, idx.shape[1])
+        return cos[positions], sin[positions]
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, context_length: int | None = None,
                 return_per_token_loss: bool = False, kv_cache: KVCache | None = None,
+                cu_seqlens: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) token ids -> (logits (B, T, padded_vocab) float32, loss or None).
 
         loss: mean cross-entropy in nats/token over targets != -1, or with ``return_per_token_loss`` the (B, T)
         losses (0 where the target is -1). ``context_length`` is the sequence length NTK/YaRN adapt to
         (default: the positions this forward reaches); with ``kv_cache`` the tokens continue the cached ones.
+        ``cu_seqlens``: packed documents in one row (B = 1, no KV cache; :func:`siattn.attention`'s contract):
+        attention stays within each document and rotary positions restart at each one, so every document's logits
+        are those of the document run alone; ``context_length`` then defaults to the longest document.
         """
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
-        rotary = self.rotary_cos_sin(start, T, context_length or start + T, idx.device)
+        if cu_seqlens is None:
+            rotary = self.rotary_cos_sin(start, T, context_length or start + T, idx.device)
+        else:
+            rotary = self._packed_rotary(idx, cu_seqlens, context_length, kv_cache)
         x = norm(self.transformer.wte(idx))  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x, rotary, kv_cache)
+            x = block(x, rotary, kv_cache, cu_seqlens)
         if kv_cache is not None:
             kv_cache.length += T
         logits = self.lm_head(norm(x)).float()  # (B, T, V)

@@ -17,14 +17,21 @@ def logn_init(train_length: int) -> float:
 
 
 def logn_query_scale(
-    q: torch.Tensor, s: torch.Tensor | float, q_offset: int, num_keys: int | None = None
+    q: torch.Tensor, s: torch.Tensor | float, q_offset: int, num_keys: int | None = None, *,
+    keys_seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q·s_h·log(n_r) with n_r = q_offset + r + 1 keys seen by query row r (causal), or ``num_keys`` for all rows.
+    """q·s_h·log(n_r) with n_r = q_offset + r + 1 keys seen by query row r (causal), or ``num_keys`` for all rows,
+    or ``keys_seen[r]`` when given ((Tq,) integers >= 1: packed documents, where n restarts at each document).
 
     q: (B, H, Tq, D); s: scalar or (H,). Returns q's dtype; math in float32.
     """
     tq, heads = q.shape[2], q.shape[1]
-    if num_keys is None:
+    if keys_seen is not None:
+        if keys_seen.shape != (tq,):
+            raise ValueError(f"keys_seen must have shape ({tq},) (one count per query row), got "
+                             f"{tuple(keys_seen.shape)}")
+        n = keys_seen.to(device=q.device, dtype=torch.float32)
+    elif num_keys is None:
         n = torch.arange(q_offset + 1, q_offset + tq + 1, device=q.device, dtype=torch.float32)
     else:
         n = torch.full((tq,), float(num_keys), device=q.device, dtype=torch.float32)

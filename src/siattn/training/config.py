@@ -79,6 +79,10 @@ class TrainConfig:
     seed: int = option(0, "seed of the initialisation and the data order", min=0)
     dtype: str = option("auto", "autocast dtype (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES)
     compile: bool = option(False, "torch.compile the model")
+    pack_documents: bool = option(False, "attention and rotary positions restart at every end-of-document token "
+                                  "of a training window, so no token attends across a document boundary; the "
+                                  "micro-batch's windows run as one packed row (cu_seqlens) in the order of an "
+                                  "unpacked run (validation stays unpacked)")
     tensorboard: bool = option(False, "also write the metrics as TensorBoard events in RUN/tensorboard (needs pip "
                                "install 'siattn[tensorboard]')")
     out: str | None = option(None, "run folder (default: runs/NAME-METHOD)")

@@ -237,19 +237,27 @@ def _tokenizer_files(ds: Any) -> tuple[dict[str, Any], dict[str, Path]]:
 
 # ---- the loop ----
 
-def _batches(loader: Iterator, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(loader: Iterator, device: torch.device,
+             eod_id: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
+    """(x, y, forward keywords) on ``device``; with ``eod_id`` (``pack_documents``) the micro-batch is one packed
+    row with its ``cu_seqlens`` (kept on the host: the backends read its values there)."""
+    from siattn.data import pack_rows
+
     for x, y in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        kwargs: dict[str, Any] = {}
+        if eod_id is not None:
+            x, y, kwargs["cu_seqlens"] = pack_rows(x, y, eod_id)
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), kwargs
 
 
 def _micro_losses(model: torch.nn.Module, batches: Iterator, accum: int, info: DistInfo,
                   autocast: Callable) -> Iterator[torch.Tensor]:
     """The losses of one step's ``accum`` micro-batches; under DDP the gradients are all-reduced on the last."""
     for micro_step in range(accum):
-        x, y = next(batches)
+        x, y, kwargs = next(batches)
         sync = micro_step == accum - 1 or not info.distributed
         with contextlib.nullcontext() if sync else model.no_sync(), autocast():
-            _, loss = model(x, y)
+            _, loss = model(x, y, **kwargs)
         yield loss
 
 
@@ -327,8 +335,9 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
     bar = tqdm(total=config.steps, initial=run.step, disable=not (progress and info.is_main), unit="step",
                dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)  # sparse lines in log files
     with StopRequest() as stop:
-        _loop(config, info, run, model, raw_model, optimizer, _batches(loader, device), accum, autocast, metrics,
-              bar, stop, validate, save)
+        batches = _batches(loader, device, ds.eod_id if config.pack_documents else None)
+        _loop(config, info, run, model, raw_model, optimizer, batches, accum, autocast, metrics, bar, stop, validate,
+              save)
     bar.close()
     if not run.final_val:  # resumed a finished run: nothing trained; report its last validation
         run.final_val = run.resumed_val if set(run.resumed_val) == set(lengths) else validate()

@@ -165,16 +165,18 @@ def use_decode(q: torch.Tensor, k: torch.Tensor, needs_grad: bool) -> bool:
 
 
 def triton_attention(q, k, v, *, transform: LogitTransform, q_offset: int, causal: bool, scale: float,
-                     kernel: KernelOptions | None = None) -> torch.Tensor:
+                     kernel: KernelOptions | None = None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
     """Backend entry point: split-K decoding for a few queries without gradients, else the fused kernels
-    (``kernel``: their options; the decoding kernel has no atomics and ignores them)."""
+    (``kernel``: their options; the decoding kernel has no atomics and ignores them). ``cu_seqlens`` (packed
+    documents) always runs the fused kernels, which mask by document and skip the key tiles before the first
+    query's document."""
     if v.shape[-1] != q.shape[-1]:
         raise ValueError(f"the triton backend needs v's head dim to equal q's ({q.shape[-1]}), got {v.shape[-1]}")
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-    if use_decode(q, k, needs_grad):
+    if cu_seqlens is None and use_decode(q, k, needs_grad):
         return decode_attention(q, k, v, transform=transform, q_offset=q_offset, causal=causal, scale=scale)
     return flash_attention(q, k, v, transform=transform, q_offset=q_offset, causal=causal, scale=scale,
-                           kernel=kernel)
+                           kernel=kernel, cu_seqlens=cu_seqlens)
 
 
 def unsupported(
@@ -206,5 +208,5 @@ def unsupported(
 
 register_backend(Backend("triton", triton_attention, unsupported,
                          "fused Triton kernels (CUDA, fp16/bf16, head dim 64/128) + split-K decoding",
-                         takes_kernel_options=True))
+                         takes_kernel_options=True, takes_cu_seqlens=True))
 

@@ -175,11 +175,14 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, o
                q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
                CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
-               FIXED: tl.constexpr = False, first_real=-1, TMA_LOADS: tl.constexpr = False):
+               FIXED: tl.constexpr = False, first_real=-1, TMA_LOADS: tl.constexpr = False,
+               DOCS: tl.constexpr = False, DOC_START=None, ds_row=None):
     """Online-softmax steps over key tiles lo .. hi−1; steps i < first_real run tile 0 instead (a sample of the
     farthest keys inside another loop). FIXED: keep the offset m_i as it is (no row maximum, no rescaling;
     p = 2^(v − m_i) may exceed 1, see ``fwd_kernel``); only for unmasked tiles. With TMA_LOADS, k_base and v_base
-    are descriptors (``_head_tile``) of the key head (kv_b, kv_h)."""
+    are descriptors (``_head_tile``) of the key head (kv_b, kv_h). DOCS (packed documents, masked tiles): also hide
+    the keys outside each row's document (``_same_doc``); a row may then see no key of a tile, so the update
+    shifts by 0 where the running maximum is still −inf (no NaN) and rescales on every tile."""
     tcol = offs_n.to(tl.float32)
     for i in range(lo, hi):
         n0 = tl.where(i < first_real, 0, i) * BLOCK_N
@@ -234,15 +237,25 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, o
                     vis = offs_k[None, :] < Tk
                     if CAUSAL:
                         vis = vis & (offs_k[None, :] <= q_offset + offs_m[:, None])
+                    if DOCS:
+                        vis = vis & _same_doc(DOC_START, ds_row, offs_k, Tk)
                     s = tl.where(vis, s, NEG_INF)
                 m_new = tl.maximum(m_i, tl.max(s, 1))
             if MODE == 0 and MASKED:
                 vis = offs_k[None, :] < Tk
                 if CAUSAL:
                     vis = vis & (offs_k[None, :] <= q_offset + offs_m[:, None])
+                if DOCS:
+                    vis = vis & _same_doc(DOC_START, ds_row, offs_k, Tk)
                 s = tl.where(vis, s, NEG_INF)
                 m_new = tl.maximum(m_i, tl.max(s, 1) * sc)
-            if LAZY:
+            if DOCS and MASKED:
+                m_use = tl.where(m_new == NEG_INF, 0.0, m_new)
+                alpha = tl.math.exp2(m_i - m_use)
+                acc = acc * alpha[:, None]
+                l_i = l_i * alpha
+                m_i = m_new
+            elif LAZY:
                 if tl.max(m_new - m_i, 0) > LAZY_THRESHOLD:
                     alpha = tl.math.exp2(m_i - m_new)
                     acc = acc * alpha[:, None]
@@ -255,6 +268,8 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, o
                 m_i = m_new
             if MODE == 1 and ORDER > 0 and BOUND:
                 p = tl.math.exp2(s * (qk + NEG_GAMMA * s) - m_i[:, None])
+            elif DOCS and MASKED:
+                p = tl.math.exp2(s * sc - m_use[:, None])
             else:
                 p = tl.math.exp2(s * sc - m_i[:, None])
         l_i += tl.sum(p, 1)
@@ -269,6 +284,14 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, o
 
 
 @triton.jit
+def _same_doc(DOC_START, ds_row, offs_k, Tk):
+    """(rows, keys) True where key offs_k lies in the document of the row whose document starts at ds_row (packed
+    documents: DOC_START holds each position's document start; keys at or past Tk match no row)."""
+    ds_col = tl.load(DOC_START + offs_k, mask=offs_k < Tk, other=-1)
+    return ds_row[:, None] == ds_col[None, :]
+
+
+@triton.jit
 def _count_far(x, BLOCK: tl.constexpr):
     """Number of tiles i >= 0 with i·BLOCK <= x (0 when x < 0)."""
     return tl.where(x >= 0, x // BLOCK + 1, 0)
@@ -278,10 +301,13 @@ def _count_far(x, BLOCK: tl.constexpr):
 def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d, n1, n2, n3, n_full,
                  n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                  BLOCK_N: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr, LAZY: tl.constexpr,
-                 BOUND: tl.constexpr, USE_ASM: tl.constexpr, STATIC: tl.constexpr, TMA_LOADS: tl.constexpr = False):
+                 BOUND: tl.constexpr, USE_ASM: tl.constexpr, STATIC: tl.constexpr, TMA_LOADS: tl.constexpr = False,
+                 n_start=0, DOCS: tl.constexpr = False, DOC_START=None, ds_row=None):
     """All key tiles of one query block: far tiles [0, n1), [n1, n2), [n2, n3) with polynomials of order 1, 2, 3
     (scale-invariant, causal), exact tiles [n3, n_full), masked tiles [n_full, n_end). Without the transform
-    (or not causal) n1 = n2 = 0 and n3 only marks where STATIC's fixed-offset tiles end.
+    (or not causal) n1 = n2 = 0 and n3 only marks where STATIC's fixed-offset tiles end. Without STATIC the tiles
+    start at ``n_start`` (packed documents: the first tile of the rows' one document; n1 >= n_start), and DOCS
+    masks the masked tiles by document too (packed documents run without STATIC).
 
     STATIC: the masked, exact and farthest tiles go first (online softmax; the farthest one inside the exact
     tiles' loop), then the other far tiles keep that running maximum as a fixed offset: no row maximum and no
@@ -330,8 +356,8 @@ def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m,
     else:
         if MODE == 1 and CAUSAL:
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
-                                       0, n1, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                                       NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND, USE_ASM,
+                                       n_start, n1, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
+                                       K2, NEG_GAMMA, BLOCK_N, MODE, 1, False, CAUSAL, LAZY, BOUND, USE_ASM,
                                        TMA_LOADS=TMA_LOADS)
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
                                        n1, n2, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
@@ -343,27 +369,35 @@ def _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m,
                                        TMA_LOADS=TMA_LOADS)
             n_exact = n3
         else:
-            n_exact = 0
+            n_exact = n_start
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
                                    n_exact, n_full, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
                                    K2, NEG_GAMMA, BLOCK_N, MODE, 0, False, CAUSAL, LAZY, BOUND, USE_ASM,
                                    TMA_LOADS=TMA_LOADS)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, kv_b, kv_h, skn, svn, offs_m, offs_n, offs_d,
                                    n_full, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
-                                   NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM, TMA_LOADS=TMA_LOADS)
+                                   NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM, TMA_LOADS=TMA_LOADS,
+                                   DOCS=DOCS, DOC_START=DOC_START, ds_row=ds_row)
     return acc, l_i, m_i
 
 
 @triton.jit(do_not_specialize=["BH", "Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
-def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
+def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS, DOC_START, DOC_END,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                BH, H, G, Tq, Tk, q_offset, coef_len,
                qk_scale, inv_tau, A2, K2, NEG_GAMMA, T1, T2, T3,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
                CAUSAL: tl.constexpr, LAZY: tl.constexpr, BOUND: tl.constexpr, USE_ASM: tl.constexpr,
-               STATIC: tl.constexpr = False, REDO: tl.constexpr = False, TMA_LOADS: tl.constexpr = False):
+               STATIC: tl.constexpr = False, REDO: tl.constexpr = False, TMA_LOADS: tl.constexpr = False,
+               VARLEN: tl.constexpr = False):
     """Output and log2-sum-exp of one BLOCK_M query block; grid (SECTION, cdiv(Tq, BLOCK_M), cdiv(B·H, SECTION))
     (``_schedule``: the last query blocks, the longest causal rows, first).
+
+    VARLEN (packed documents, B = 1, Tq = Tk, q_offset = 0, without STATIC): DOC_START and DOC_END (int32, (T,))
+    hold each position's document start and end. The key loop starts at the tile of the first row's document
+    start; the tiles before the last row's document start are masked per element by document, and the far/near
+    regimes (polynomial a_t included: distances within a document are unchanged) run only on the tiles after it,
+    whose keys share every row's document.
 
     STATIC (see ``_fwd_regimes``): with a fixed offset p = 2^(v − m) exceeds 1 where a far logit is above the
     offset m; that is exact as long as nothing overflows (p in float32 and as the bf16/fp16 operand of P·V, the
@@ -415,9 +449,23 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
     m_i = tl.full([BLOCK_M], NEG_INF, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if VARLEN:
+        n_lo, n_start, n_full, n_end, ds_row = _doc_tiles(DOC_START, DOC_END, offs_m, m0, Tq, n_full, n_end,
+                                                          BLOCK_M, BLOCK_N, CAUSAL)
+        n1 = tl.maximum(n1, n_start)
+        n2 = tl.maximum(n2, n1)
+        n3 = tl.maximum(n3, n2)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, b, hk, skn, svn, offs_m, offs_n, offs_d, n_lo,
+                                   n_start, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
+                                   NEG_GAMMA, BLOCK_N, MODE, 0, True, CAUSAL, LAZY, BOUND, USE_ASM, TMA_LOADS=TMA_LOADS,
+                                   DOCS=True, DOC_START=DOC_START, ds_row=ds_row)
+    else:
+        n_start = 0
+        ds_row = offs_m
     acc, l_i, m_i = _fwd_regimes(acc, l_i, m_i, q, k_base, v_base, b, hk, skn, svn, offs_m, offs_n, offs_d, n1, n2, n3,
                                  n_full, n_end, q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2,
-                                 K2, NEG_GAMMA, BLOCK_N, MODE, CAUSAL, LAZY, BOUND, USE_ASM, STATIC, TMA_LOADS)
+                                 K2, NEG_GAMMA, BLOCK_N, MODE, CAUSAL, LAZY, BOUND, USE_ASM, STATIC, TMA_LOADS,
+                                 n_start, VARLEN, DOC_START, ds_row)
     row_ok = offs_m < Tq
     out = acc / l_i[:, None]
     tl.store(LSE + bh.to(tl.int64) * Tq + offs_m, m_i + tl.log2(l_i), mask=row_ok)
@@ -428,6 +476,26 @@ def fwd_kernel(Q, K, V, O, LSE, COEF, SLOPES, FLAGS,
         bad = tl.max((~(tl.abs(l_i) < float("inf"))).to(tl.int32), 0)
         bad = tl.maximum(bad, tl.max(tl.max((~(tl.abs(acc) < float("inf"))).to(tl.int32), 1), 0))
         tl.store(FLAGS + bh * n_blocks + pid_m, bad)
+
+
+@triton.jit
+def _doc_tiles(DOC_START, DOC_END, offs_m, m0, Tq, n_full, n_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               CAUSAL: tl.constexpr):
+    """Key tiles of a query block of packed documents: (n_lo, n_start, n_full, n_end, ds_row). Tiles
+    [n_lo, n_start) hold keys of the block's documents but not only of its last row's: masked by document.
+    Causal: [n_start, n_full) share every row's document (the regimes), [n_full, n_end) are masked as before (and
+    by document). Not causal: every tile [n_lo, n_end) up to the last row's document end is masked by document.
+    ds_row: each row's document start (−2 past Tq: such rows see no key)."""
+    row_last = tl.minimum(m0 + BLOCK_M, Tq) - 1
+    ds_row = tl.load(DOC_START + offs_m, mask=offs_m < Tq, other=-2)
+    n_lo = tl.load(DOC_START + m0) // BLOCK_N
+    if CAUSAL:
+        n_start = tl.minimum(tl.maximum(tl.cdiv(tl.load(DOC_START + row_last), BLOCK_N), n_lo), n_full)
+    else:
+        n_end = tl.cdiv(tl.load(DOC_END + row_last), BLOCK_N)
+        n_full = n_lo
+        n_start = n_lo
+    return n_lo, n_start, n_full, n_end, ds_row
 
 
 # -------------------------------------------------------------------------------------------------- backward
@@ -458,7 +526,8 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, q_b, q_h, lse_base, delta_base, d
                 offs_n, offs_mb, offs_d, lo, hi, q_offset, Tq, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2,
                 NEG_GAMMA, BLOCK_M: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
                 CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, EARLY_DP: tl.constexpr, FUSED_DQ: tl.constexpr,
-                TMA_LOADS: tl.constexpr = False, ORDER_DQ: tl.constexpr = 0):
+                TMA_LOADS: tl.constexpr = False, ORDER_DQ: tl.constexpr = 0, DOCS: tl.constexpr = False,
+                DOC_START=None, ds_key=None):
     """Accumulate dK, dV of one key tile (rows = keys) over query tiles lo .. hi−1 (columns = queries).
     EARLY_DP: issue dPᵀ = V·dOᵀ right after Sᵀ = K·Qᵀ, before the softmax, instead of after the dV update (ptxas
     then spills fewer registers; 3–8% faster on the H200). FUSED_DQ (1: atomics through pointers, 2: TMA
@@ -468,7 +537,8 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, q_b, q_h, lse_base, delta_base, d
     dQᵀ product is issued (Triton waits for a non-accumulating wgmma, and so for every earlier one, right after
     issuing it; accumulating ones stay in flight until the next wait): 0 after dK (dV, dK, dQᵀ), 1 before dK (dK
     then runs on during the reduction and the next step's loads), 2 before dV and dK. With TMA_LOADS, q_base and
-    do_base are descriptors (``_head_tile``) of the query head (q_b, q_h)."""
+    do_base are descriptors (``_head_tile``) of the query head (q_b, q_h). DOCS (packed documents, masked tiles):
+    also hide the queries outside each key's document (``ds_key``: the keys' document starts), causal or not."""
     tcol = -offs_mb.to(tl.float32)  # t = (q_offset + m0 − n) + j
     for i in range(lo, hi):
         m0 = i * BLOCK_M
@@ -489,7 +559,13 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, q_b, q_h, lse_base, delta_base, d
                          NEG_GAMMA, MODE, ORDER, not CAUSAL, USE_ASM)
         pT = tl.math.exp2(vT - lse[None, :])
         if MASKED:
-            vis = offs_m[None, :] + q_offset >= offs_n[:, None]
+            if DOCS:
+                ds_rows = tl.load(DOC_START + offs_m, mask=row_ok, other=-2)
+                vis = ds_key[:, None] == ds_rows[None, :]
+                if CAUSAL:
+                    vis = vis & (offs_m[None, :] + q_offset >= offs_n[:, None])
+            else:
+                vis = offs_m[None, :] + q_offset >= offs_n[:, None]
             pT = tl.where(vis, pT, 0.0)
         if not EARLY_DP:
             do = _head_rows(do_base, q_b, q_h, m0, offs_mb, offs_d, sdom, Tq, TMA_LOADS)
@@ -527,14 +603,14 @@ def _first_tile_at(y, BLOCK: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["BHkv", "Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3", "dq_pitch"])
-def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
+def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES, DOC_START, DOC_END,
                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdkb, sdkh, sdkn,
                     sdvb, sdvh, sdvn, BHkv, Hkv, G, Tq, Tk, q_offset, coef_len, dq_pitch,
                     qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
                     CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, POLY: tl.constexpr = 3,
                     EARLY_DP: tl.constexpr = True, FUSED_DQ: tl.constexpr = 0, TMA_LOADS: tl.constexpr = False,
-                    ORDER_DQ: tl.constexpr = 0):
+                    ORDER_DQ: tl.constexpr = 0, VARLEN: tl.constexpr = False):
     """One program per (key tile, batch·kv head), ordered by ``_schedule``: dK, dV summed over the G query heads
     of the group; with FUSED_DQ (see ``_dkdv_tiles``) also every query head's dQᵀ, accumulated in float32 in
     DQACC (B·H, HEAD_DIM, dq_pitch), zeroed before the launch (``dq_from_accumulator_kernel`` finishes it); with
@@ -542,7 +618,11 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
 
     Far query tiles (scale-invariant, causal) take a_t from polynomials: POLY = 3 uses orders 3, 2, 1 as the
     distance grows (three loops: least arithmetic), 1 uses order 3 for all of them (one loop: fewer registers
-    spilled), 0 none (the exact transform on every tile)."""
+    spilled), 0 none (the exact transform on every tile).
+
+    VARLEN (packed documents; DOC_START, DOC_END as in ``fwd_kernel``): the query tiles end with the document of
+    the tile's last key; the regimes run on the tiles whose rows all lie in the one document of every key of the
+    tile, and the others are masked by document."""
     pid_n, bhk = _schedule(False)  # the first key tiles are the longest
     if bhk >= BHkv:
         return
@@ -563,24 +643,40 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
     zcol = (offs_mb.to(tl.float32) - half) / half  # t = i + j: z = (j − h)/h
 
     m_end = tl.cdiv(Tq, BLOCK_M)
+    if VARLEN:
+        key_last = tl.minimum(n0 + BLOCK_N, Tk) - 1
+        m_end = tl.cdiv(tl.load(DOC_END + key_last), BLOCK_M)
+        ds_key = tl.load(DOC_START + offs_n, mask=offs_n < Tk, other=-1)
+    else:
+        ds_key = offs_n
     if CAUSAL:
         m_lo = tl.minimum(tl.maximum(n0 - q_offset, 0) // BLOCK_M, m_end)
         m_full = tl.minimum(tl.maximum(_first_tile_at(n0 + BLOCK_N - 1 - q_offset, BLOCK_M), m_lo), m_end)
     else:
         m_lo = 0
         m_full = 0
+    m_reg = m_end  # the regimes' last tile (VARLEN: the masked tiles [m_reg, m_end) follow)
+    if VARLEN:
+        if CAUSAL:  # rows of one document with every key: a key tile within one document, rows before its end
+            one_doc = tl.load(DOC_START + key_last) <= n0
+            m_reg = tl.where(one_doc, tl.load(DOC_END + n0) // BLOCK_M, m_full)
+            m_reg = tl.minimum(tl.maximum(m_reg, m_full), m_end)
+        else:
+            m_lo = tl.load(DOC_START + n0) // BLOCK_M
+            m_full = m_end
+            m_reg = m_end
     if MODE == 1 and CAUSAL and POLY > 0:
         base_y = n0 + BLOCK_N - 1 - q_offset  # tile i has smallest distance i·BLOCK_M − base_y
-        s3 = tl.minimum(tl.maximum(_first_tile_at(base_y + T3, BLOCK_M), m_full), m_end)
-        s2 = tl.minimum(tl.maximum(_first_tile_at(base_y + T2, BLOCK_M), s3), m_end)
-        s1 = tl.minimum(tl.maximum(_first_tile_at(base_y + T1, BLOCK_M), s2), m_end)
+        s3 = tl.minimum(tl.maximum(_first_tile_at(base_y + T3, BLOCK_M), m_full), m_reg)
+        s2 = tl.minimum(tl.maximum(_first_tile_at(base_y + T2, BLOCK_M), s3), m_reg)
+        s1 = tl.minimum(tl.maximum(_first_tile_at(base_y + T1, BLOCK_M), s2), m_reg)
         # up to 4 exact tiles before the polynomial ones join the masked loop (one pipeline fill less; their masks
         # are all true)
         m_near = tl.where(s3 - m_full <= 4, s3, m_full)
     else:
-        s3 = m_end
-        s2 = m_end
-        s1 = m_end
+        s3 = m_reg
+        s2 = m_reg
+        s1 = m_reg
         m_near = m_full
     for g in range(0, G):
         h = hk * G + g
@@ -602,14 +698,14 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch, sqm,
                              sdom, offs_n, offs_mb, offs_d, m_lo, m_near, q_offset, Tq, COEF, coef_len, zcol, slope2,
                              qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL, USE_ASM, EARLY_DP,
-                             FUSED_DQ, TMA_LOADS, ORDER_DQ)
+                             FUSED_DQ, TMA_LOADS, ORDER_DQ, VARLEN, DOC_START, ds_key)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch, sqm,
                              sdom, offs_n, offs_mb, offs_d, m_near, s3, q_offset, Tq, COEF, coef_len, zcol, slope2,
                              qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, False, CAUSAL, USE_ASM, EARLY_DP,
                              FUSED_DQ, TMA_LOADS, ORDER_DQ)
         if MODE == 1 and CAUSAL and POLY == 1:
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch,
-                                 sqm, sdom, offs_n, offs_mb, offs_d, s3, m_end, q_offset, Tq, COEF, coef_len, zcol,
+                                 sqm, sdom, offs_n, offs_mb, offs_d, s3, m_reg, q_offset, Tq, COEF, coef_len, zcol,
                                  slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 3, False, CAUSAL,
                                  USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS, ORDER_DQ)
         if MODE == 1 and CAUSAL and POLY == 3:
@@ -622,9 +718,14 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQACC, COEF, SLOPES,
                                  qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 2, False, CAUSAL,
                                  USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS, ORDER_DQ)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch,
-                                 sqm, sdom, offs_n, offs_mb, offs_d, s1, m_end, q_offset, Tq, COEF, coef_len, zcol,
+                                 sqm, sdom, offs_n, offs_mb, offs_d, s1, m_reg, q_offset, Tq, COEF, coef_len, zcol,
                                  slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 1, False, CAUSAL,
                                  USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS, ORDER_DQ)
+        if VARLEN:
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, b, h, lse_base, delta_base, dq_dst, dq_row, dq_pitch,
+                                 sqm, sdom, offs_n, offs_mb, offs_d, m_reg, m_end, q_offset, Tq, COEF, coef_len, zcol,
+                                 slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_M, MODE, 0, True, CAUSAL,
+                                 USE_ASM, EARLY_DP, FUSED_DQ, TMA_LOADS, ORDER_DQ, True, DOC_START, ds_key)
     out_ok = offs_n[:, None] < Tk
     dk_ptr = b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None] * sdkn + offs_d[None, :]
     dv_ptr = b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + offs_n[:, None] * sdvn + offs_d[None, :]
@@ -652,9 +753,11 @@ def dq_from_accumulator_kernel(DQACC, DQ, sdqb, sdqh, sdqm, H, Tq, dq_pitch, DS_
 def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, lo, hi,
               q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
               BLOCK_N: tl.constexpr, MODE: tl.constexpr, ORDER: tl.constexpr, MASKED: tl.constexpr,
-              CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, ROW_TERM: tl.constexpr = False):
+              CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, ROW_TERM: tl.constexpr = False,
+              DOCS: tl.constexpr = False, DOC_START=None, ds_row=None):
     """Accumulate dQ of one query tile over key tiles lo .. hi−1. ROW_TERM: accumulate instead the row term
-    Σ_j P_ij·dP_ij into every column of ``dq`` (the backward's own P and dP, see :func:`bwd_dq_kernel`)."""
+    Σ_j P_ij·dP_ij into every column of ``dq`` (the backward's own P and dP, see :func:`bwd_dq_kernel`). DOCS:
+    masked tiles hide keys of other documents (``_same_doc``)."""
     tcol = offs_n.to(tl.float32)
     for i in range(lo, hi):
         n0 = i * BLOCK_N
@@ -675,6 +778,8 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, o
             vis = offs_k[None, :] < Tk
             if CAUSAL:
                 vis = vis & (offs_k[None, :] <= q_offset + offs_m[:, None])
+            if DOCS:
+                vis = vis & _same_doc(DOC_START, ds_row, offs_k, Tk)
             p = tl.where(vis, p, 0.0)
         dp = tl.dot(do, vt)
         if ROW_TERM:
@@ -690,13 +795,15 @@ def _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, o
 
 
 @triton.jit(do_not_specialize=["BH", "Tq", "Tk", "q_offset", "coef_len", "T1", "T2", "T3"])
-def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES,
+def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES, DOC_START, DOC_END,
                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sdqb, sdqh, sdqm,
                   BH, H, G, Tq, Tk, q_offset, coef_len,
                   qk_scale, inv_tau, A2, K2, NEG_GAMMA, DS_SCALE, T1, T2, T3,
                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
-                  CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, ROW_TERM: tl.constexpr = False):
+                  CAUSAL: tl.constexpr, USE_ASM: tl.constexpr, ROW_TERM: tl.constexpr = False,
+                  VARLEN: tl.constexpr = False):
     """dQ of one query tile; with ROW_TERM, the exact row term DELTA[bh, m] = Σ_j P_mj·dP_mj of the tile instead.
+    The key tiles as in ``fwd_kernel`` (VARLEN: packed documents, ``_doc_tiles``).
 
     The row term of dL = P∘(dP − Δ) is usually taken as Δ = rowsum(dO∘O) from the stored output, which the
     forward rounded to the input dtype after a P·V product with P rounded too. Where attention is peaked
@@ -735,12 +842,21 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES,
     else:
         n_end = tl.cdiv(Tk, BLOCK_N)
         n_full = Tk // BLOCK_N
+    if VARLEN:
+        n_lo, n_start, n_full, n_end, ds_row = _doc_tiles(DOC_START, DOC_END, offs_m, m0, Tq, n_full, n_end,
+                                                          BLOCK_M, BLOCK_N, CAUSAL)
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_lo, n_start,
+                       q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N,
+                       MODE, 0, True, CAUSAL, USE_ASM, ROW_TERM, True, DOC_START, ds_row)
+    else:
+        n_start = 0
+        ds_row = offs_m
     if MODE == 1 and CAUSAL:
         base_x = q_offset + m0 - BLOCK_N + 1
-        n1 = tl.minimum(_count_far(base_x - T1, BLOCK_N), n_full)
+        n1 = tl.maximum(tl.minimum(_count_far(base_x - T1, BLOCK_N), n_full), n_start)
         n2 = tl.maximum(tl.minimum(_count_far(base_x - T2, BLOCK_N), n_full), n1)
         n3 = tl.maximum(tl.minimum(_count_far(base_x - T3, BLOCK_N), n_full), n2)
-        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n1,
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_start, n1,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                        BLOCK_N, MODE, 1, False, CAUSAL, USE_ASM, ROW_TERM)
         dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n1, n2,
@@ -753,12 +869,12 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, COEF, SLOPES,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                        BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM, ROW_TERM)
     else:
-        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, 0, n_full,
+        dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_start, n_full,
                        q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA,
                        BLOCK_N, MODE, 0, False, CAUSAL, USE_ASM, ROW_TERM)
     dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, skn, svn, offs_m, offs_n, offs_d, n_full, n_end,
                    q_offset, Tk, COEF, coef_len, zcol, slope2, qk_scale, inv_tau, A2, K2, NEG_GAMMA, BLOCK_N,
-                   MODE, 0, True, CAUSAL, USE_ASM, ROW_TERM)
+                   MODE, 0, True, CAUSAL, USE_ASM, ROW_TERM, VARLEN, DOC_START, ds_row)
     if ROW_TERM:  # every column holds the same sum
         tl.store(DELTA + bh.to(tl.int64) * Tq + offs_m, tl.max(dq, 1), mask=row_ok)
     else:

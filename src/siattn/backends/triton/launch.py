@@ -36,6 +36,7 @@ from siattn.backends.triton.runtime import (
     interpreted,
     triton,
 )
+from siattn.backends.varlen import document_bounds
 
 
 def heads_per_section(n_tiles: int, n_heads: int, sms: int) -> int:
@@ -109,10 +110,13 @@ def default_bwd_config(transform: LogitTransform, device: torch.device | str,
 
 
 def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None = None,
-             stats: dict | None = None, options: KernelOptions = DEFAULT_KERNEL_OPTIONS):
+             stats: dict | None = None, options: KernelOptions = DEFAULT_KERNEL_OPTIONS,
+             docs: tuple[torch.Tensor, torch.Tensor] | None = None):
     """(out, lse). ``cfg`` (else ``options.forward``; else the default or, with ``options.autotune``, the tuned
     tiling). ``stats``, if given, receives "recomputed": the fraction of query blocks the fixed-offset forward
-    had to recompute online (0.0 when it was not used; reading it synchronises)."""
+    had to recompute online (0.0 when it was not used; reading it synchronises). ``docs``: packed documents,
+    (start, end) int32 (T,) of each position's document (:func:`document_args`); they run without the
+    fixed-offset (``static``) forward."""
     batch, heads, tq, dim = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     out = torch.empty_like(q)
@@ -124,12 +128,13 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
                                                               heads, q.device, causal, poly)
         n_blocks = triton.cdiv(tq, c.block_m)
         grid = _grid(c.section, n_blocks, batch * heads, q.device)
-        static = c.static and tk >= c.static_min_keys
+        static = c.static and tk >= c.static_min_keys and docs is None
         flags = torch.empty(n_blocks * batch * heads, device=q.device, dtype=torch.int32) if static else lse
         tma = c.tma_loads and tma_compatible(k, v)
         k_arg, v_arg = (_head_descriptor(k, c.block_n), _head_descriptor(v, c.block_n)) if tma else (k, v)
+        doc_start, doc_end = docs if docs is not None else (flags, flags)
         args = (
-            q, k_arg, v_arg, out, lse, coef, slopes, flags,
+            q, k_arg, v_arg, out, lse, coef, slopes, flags, doc_start, doc_end,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             batch * heads, heads, heads // hkv, tq, tk, q_offset, coef.shape[1],
@@ -138,6 +143,8 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
         const = dict(HEAD_DIM=dim, BLOCK_M=c.block_m, BLOCK_N=c.block_n, MODE=_MODES[transform.kind],
                      CAUSAL=causal, LAZY=c.lazy, BOUND=c.bound and transform.kind == "scale-invariant",
                      USE_ASM=_use_asm(), TMA_LOADS=tma, num_warps=c.num_warps, num_stages=c.num_stages)
+        if docs is not None:
+            const["VARLEN"] = True
         _k.fwd_kernel[grid](*args, STATIC=static, **const)
         if static:  # the blocks whose fixed offset overflowed, again with the online softmax
             _k.fwd_kernel[grid](*args, REDO=True, **const)
@@ -147,15 +154,19 @@ def _forward(q, k, v, transform, q_offset, causal, scale, cfg: FwdConfig | None 
     cfg = cfg or options.forward
     if cfg is None:
         key = (dim, q.dtype, transform.kind, causal, heads // hkv, _bucket(tq), _bucket(tk), poly)
+        if docs is not None:
+            key = (*key, "varlen")
         cfg = _pick("fwd", key, FWD_CANDIDATES, default_fwd_config(transform, k, v), launch, options.autotune)
     launch(cfg)
     return out, lse
 
 
 def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: BwdConfig | None = None,
-              parts: tuple[str, ...] = ("dkdv", "dq"), options: KernelOptions = DEFAULT_KERNEL_OPTIONS):
+              parts: tuple[str, ...] = ("dkdv", "dq"), options: KernelOptions = DEFAULT_KERNEL_OPTIONS,
+              docs: tuple[torch.Tensor, torch.Tensor] | None = None):
     """(dq, dk, dv) of the kernels ``parts`` (the other gradients are left uninitialised). ``cfg`` (else
-    ``options.backward``; else :func:`default_bwd_config` or, with ``options.autotune``, the tuned tiling)."""
+    ``options.backward``; else :func:`default_bwd_config` or, with ``options.autotune``, the tuned tiling).
+    ``docs``: packed documents, as in :func:`_forward`."""
     batch, heads, tq, dim = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     groups = heads // hkv
@@ -182,6 +193,8 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
     consts = _si_constants(transform, scale)
     ds_scale = LN2 if transform.kind == "scale-invariant" else scale
     poly = options.far_tile_polynomials
+    doc_start, doc_end = docs if docs is not None else (delta, delta)
+    varlen = {"VARLEN": True} if docs is not None else {}
 
     def launch_dkdv(c: BwdConfig, dq_acc: torch.Tensor | None = None, fused: int = 0):
         coef, slopes, _, th = _transform_args(transform, scale, c.dkdv_m, q_offset + tq, heads, q.device, causal,
@@ -194,7 +207,7 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
         else:
             dq_arg = dq_acc if fused else delta
         _k.bwd_dkdv_kernel[_grid(c.section, triton.cdiv(tk, c.dkdv_n), batch * hkv, q.device)](
-            q_arg, k, v, do_arg, lse, delta, dk, dv, dq_arg, coef, slopes,
+            q_arg, k, v, do_arg, lse, delta, dk, dv, dq_arg, coef, slopes, doc_start, doc_end,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
@@ -203,21 +216,21 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
             *th, HEAD_DIM=dim, BLOCK_M=c.dkdv_m, BLOCK_N=c.dkdv_n, MODE=mode, CAUSAL=causal,
             USE_ASM=_use_asm(), POLY=c.dkdv_poly, EARLY_DP=c.dkdv_early_dp, FUSED_DQ=fused, TMA_LOADS=tma,
             ORDER_DQ=FUSED_DQ_ORDERS[c.fused_dq_order],
-            num_warps=c.dkdv_warps, num_stages=c.dkdv_stages,
+            num_warps=c.dkdv_warps, num_stages=c.dkdv_stages, **varlen,
         )
 
     def launch_dq(c: BwdConfig, row_term: bool = False):
         coef, slopes, _, th = _transform_args(transform, scale, c.dq_n, q_offset + tq, heads, q.device, causal,
                                               poly)
         _k.bwd_dq_kernel[_grid(c.section, triton.cdiv(tq, c.dq_m), batch * heads, q.device)](
-            q, k, v, dout, lse, delta, dq, coef, slopes,
+            q, k, v, dout, lse, delta, dq, coef, slopes, doc_start, doc_end,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2),
             batch * heads, heads, groups, tq, tk, q_offset, coef.shape[1],
             consts["qk_scale"], consts["inv_tau"], consts["A2"], consts["K2"], consts["NEG_GAMMA"], ds_scale,
             *th, HEAD_DIM=dim, BLOCK_M=c.dq_m, BLOCK_N=c.dq_n, MODE=mode, CAUSAL=causal,
-            USE_ASM=_use_asm(), ROW_TERM=row_term, num_warps=c.dq_warps, num_stages=c.dq_stages,
+            USE_ASM=_use_asm(), ROW_TERM=row_term, num_warps=c.dq_warps, num_stages=c.dq_stages, **varlen,
         )
 
     exact_row_term = options.exact_row_term(tq)
@@ -227,6 +240,8 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
         launch_dq(c, row_term=True)
 
     key = (dim, q.dtype, transform.kind, causal, groups, _bucket(tq), _bucket(tk), poly)
+    if docs is not None:
+        key = (*key, "varlen")
     explicit = cfg or options.backward
     default = default_bwd_config(transform, q.device, options, parts, explicit)
     cfg = default if explicit is not None else None
@@ -254,6 +269,12 @@ def _backward(q, k, v, out, lse, dout, transform, q_offset, causal, scale, cfg: 
     if "dq" in parts:
         launch_dq(cfg or _pick("dq", key, DQ_CANDIDATES, default, launch_dq, tune))
     return dq, dk, dv
+
+
+def document_args(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' view of packed documents: (start, end), int32 (T,), each position's document start and end."""
+    start, end = document_bounds(cu_seqlens, total)
+    return start.to(torch.int32), end.to(torch.int32)
 
 
 def _fused_setting(setting: str, transform: LogitTransform, parts: tuple[str, ...], auto_si: str) -> str:
