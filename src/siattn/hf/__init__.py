@@ -47,7 +47,19 @@ from siattn.hf.attention import attention_forward
 from siattn.hf.conversion import _set_attn_implementation as _set_attn_implementation
 from siattn.hf.conversion import convert
 from siattn.hf.registration import DEFAULT_NAME, register
-from siattn.hf.rope import NO_ROPE_TYPE, P_ROPE_TYPE, default_p_rope_base, no_rope_init, p_rope_init
+from siattn.hf.rope import (
+    NO_ROPE_TYPE,
+    P_ROPE_TYPE,
+    default_p_rope_base,
+    no_rope_init,
+    p_rope_init,
+    p_rope_parameters,
+    register_rope_types,
+)
+
+# the rope types (and the load check they carry) are in place as soon as siattn.hf is imported, so that loading a
+# converted checkpoint without attn_implementation="siattn" fails with the way to load it
+register_rope_types()
 
 __all__ = [
     "DEFAULT_NAME",
@@ -58,5 +70,6 @@ __all__ = [
     "default_p_rope_base",
     "no_rope_init",
     "p_rope_init",
+    "p_rope_parameters",
     "register",
 ]
