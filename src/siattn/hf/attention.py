@@ -241,9 +241,10 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     query (B, Hq, q, D) and key, value (B, Hkv, kv, D): rotated, cache appended, GQA heads not expanded.
     Returns (out (B, q, Hq, D), None); attention weights are never returned.
 
-    Paths: no mask → the fast backends (causal, offset from the shapes). A mask and no host sync allowed
-    (inside torch.compile), attention dropout, or q <= :data:`SMALL_QUERY` rows (decoding) → one batched masked
-    call with the offset as a tensor. Otherwise the mask's layout is read once per forward
+    Paths: no mask → the fast backends (causal, offset from the shapes). Inside torch.compile, with attention
+    dropout, or with a mask and q <= :data:`SMALL_QUERY` rows (decoding) → one batched masked call with the offset
+    as a tensor read from the mask (no host sync, no Python loop over the cache length, so decoding compiles
+    once). Otherwise the mask's layout is read once per forward
     (:func:`cached_mask_layout`): causal → the fast backends; one key window per row (left / right padding) →
     :func:`key_window_attention`; anything else → the masked call.
     """
@@ -254,17 +255,18 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     tq, tk = query.shape[2], key.shape[2]
     scale = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else float(scaling)
     dropout = float(dropout or 0.0)
+    compiling = torch.compiler.is_compiling()
     if attention_mask is None:
         # transformers' "is_causal" cases: q == 1 or q == kv (bottom-right), or a StaticCache prefill (top-left)
         q_offset = tk - tq if tq in (1, tk) else 0
-        if dropout == 0.0:
+        if dropout == 0.0 and not compiling:
             out = run_backend(query, key, value, transform=transform, q_offset=q_offset, causal=True, scale=scale)
-        else:
+        else:  # inside torch.compile the cache length may be symbolic: no Python loop over it
             allowed = causal_mask(q_offset, tq, tk, query.device)[None, None]
             out = masked_attention(query, key, value, allowed, transform, q_offset, scale, dropout)
         return out.transpose(1, 2).contiguous(), None
     allowed = allowed_mask(attention_mask)
-    if torch.compiler.is_compiling() or dropout > 0.0 or tq <= SMALL_QUERY:
+    if compiling or dropout > 0.0 or tq <= SMALL_QUERY:
         q_offset_t = query_offset_tensor(allowed)
         out = masked_attention(query, key, value, allowed, transform, q_offset_t, scale, dropout)
         return out.transpose(1, 2).contiguous(), None
