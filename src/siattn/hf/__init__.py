@@ -60,6 +60,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
 from siattn.hf.attention import attention_forward
 from siattn.hf.conversion import _set_attn_implementation as _set_attn_implementation
 from siattn.hf.conversion import convert
+from siattn.hf.models import CausalLMAdapter, load_hf_for_eval, load_model
 from siattn.hf.registration import DEFAULT_NAME, register
 from siattn.hf.rope import (
     NO_ROPE_TYPE,
@@ -79,9 +80,12 @@ __all__ = [
     "DEFAULT_NAME",
     "NO_ROPE_TYPE",
     "P_ROPE_TYPE",
+    "CausalLMAdapter",
     "attention_forward",
     "convert",
     "default_p_rope_base",
+    "load_hf_for_eval",
+    "load_model",
     "no_rope_init",
     "p_rope_init",
     "p_rope_parameters",
