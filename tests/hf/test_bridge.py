@@ -349,3 +349,28 @@ def test_bad_arguments_fail_before_the_model_changes():
         hf.convert(model, method="nonsense")
     assert not hasattr(model.config, "siattn_method")
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, ROPE_10K)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_prefill_runs_row_windows_without_materialising(side, monkeypatch):
+    model = hf.convert(tiny_llama(), method="si-p-rope")
+    long, short = tokens(1, 30, seed=2), tokens(1, 21, seed=3)  # more query rows than SMALL_QUERY
+    pad = torch.zeros(1, 9, dtype=torch.long)
+    batch = torch.cat((long, torch.cat((pad, short) if side == "left" else (short, pad), dim=1)))
+    mask = torch.ones_like(batch)
+    if side == "left":
+        mask[1, :9] = 0
+    else:
+        mask[1, 21:] = 0
+    monkeypatch.setattr(hfa, "masked_attention", lambda *a, **k: pytest.fail("took the materialising path"))
+    with torch.no_grad():
+        padded = model(batch, attention_mask=mask).logits
+        alone_long, alone_short = model(long).logits[0], model(short).logits[0]
+    torch.testing.assert_close(padded[0], alone_long, atol=1e-4, rtol=1e-4)
+    real = slice(9, None) if side == "left" else slice(None, 21)
+    torch.testing.assert_close(padded[1, real], alone_short, atol=1e-4, rtol=1e-4)
+    allowed = hfa.causal_mask(0, 30, 30, batch.device)[None, None] & mask.bool()[:, None, None, :]
+    layout = hfa.mask_layout(allowed)
+    assert layout.kind == "windows" and layout.q_offset == 0
+    assert layout.starts == ((0, 9) if side == "left" else (0, 0)) and layout.ends == ((30, 30) if side == "left"
+                                                                                        else (30, 21))
