@@ -22,9 +22,10 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def distances(q_start: int, tq: int, k_start: int, tk: int, device: torch.device) -> torch.Tensor:
-    """(tq, tk) signed distance i − j between query positions q_start.. and key positions k_start.. (int64)."""
-    qpos = torch.arange(q_start, q_start + tq, device=device)
+def distances(q_start: int | torch.Tensor, tq: int, k_start: int, tk: int, device: torch.device) -> torch.Tensor:
+    """(tq, tk) signed distance i − j between query positions q_start.. and key positions k_start.. (int64);
+    ``q_start`` may be a 0-dim tensor (an offset read from a mask on the device, without a host sync)."""
+    qpos = torch.arange(tq, device=device) + q_start
     kpos = torch.arange(k_start, k_start + tk, device=device)
     return qpos[:, None] - kpos[None, :]
 
@@ -62,13 +63,14 @@ def _group_mask(mask: torch.Tensor, hkv: int, groups: int) -> torch.Tensor:
 
 
 def reference_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, transform: LogitTransform, q_offset: int,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, transform: LogitTransform, q_offset: int | torch.Tensor,
     causal: bool, scale: float, mask: torch.Tensor | None = None, dropout: float = 0.0,
     math_dtype: torch.dtype | None = None, cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(f(scale·q·kᵀ; t) + masks)·v.  q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, H, Tq, D).
 
-    Query row r sits at position q_offset + r, key column c at c, t = q_offset + r − c. ``mask``: an optional
+    Query row r sits at position q_offset + r, key column c at c, t = q_offset + r − c (``q_offset``: an int, or a
+    0-dim integer tensor for callers that must not sync with the device). ``mask``: an optional
     boolean (B|1, 1|H, Tq, Tk), True = attend, combined with the causal mask when ``causal``; with a mask, blocked
     logits are filled with the dtype's lowest finite value and rows that see no key give 0. ``dropout``: the
     probability of dropping each attention weight (training only). ``math_dtype``: the dtype of every step

@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,62 @@ class Checkpoint:
                 "params": sum(p.numel() for p in self.model.parameters())}
 
 
+@dataclass(frozen=True)
+class CheckpointLoader:
+    """A checkpoint format defined by a higher layer: ``accepts(path)``, ``load(path, device, label=,
+    attn_backend=, method=) -> Checkpoint`` and ``state(path)``: what a siattn checkpoint's state.json says
+    before loading (at least ``model_config.method`` and ``model_config.train_length``)."""
+
+    accepts: Callable[[str | Path], bool]
+    load: Callable[..., Checkpoint]
+    state: Callable[[str | Path], dict[str, Any]]
+
+
+# formats other than siattn's own checkpoints; siattn.hf adds Hugging Face model folders when it is imported
+CHECKPOINT_LOADERS: list[CheckpointLoader] = []
+
+
+def register_checkpoint_loader(accepts: Callable[[str | Path], bool], load: Callable[..., Checkpoint],
+                               state: Callable[[str | Path], dict[str, Any]]) -> None:
+    """Let :func:`load_for_eval` load the folders ``accepts`` recognises with ``load`` (idempotent per ``load``)."""
+    CHECKPOINT_LOADERS[:] = [entry for entry in CHECKPOINT_LOADERS if entry.load is not load]
+    CHECKPOINT_LOADERS.append(CheckpointLoader(accepts, load, state))
+
+
+def is_hf_model_dir(path: str | Path) -> bool:
+    """A Hugging Face model folder: a transformers ``config.json`` (with ``model_type``) and no siattn
+    checkpoint state."""
+    folder = Path(path).expanduser()
+    config = folder / "config.json"
+    if not config.is_file() or (folder / "state.json").exists():
+        return False
+    try:
+        return "model_type" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _other_loader(path: str | Path) -> CheckpointLoader | None:
+    for entry in CHECKPOINT_LOADERS:
+        if entry.accepts(path):
+            return entry
+    if is_hf_model_dir(path):
+        raise ValueError(f"{path} is a Hugging Face model folder: evaluating it needs transformers "
+                         "(pip install 'siattn[hf]') and `import siattn.hf`, which registers its loader")
+    return None
+
+
 def load_for_eval(path: str | Path, device: torch.device | str = "cpu", *, label: str | None = None,
                   attn_backend: str | None = None, method: str | None = None) -> Checkpoint:
     """Load a checkpoint (a checkpoint folder or a run folder: its newest) in eval mode on ``device``;
-    ``method``: evaluate under a method that extends the trained one (see :func:`siattn.training.load_checkpoint`)."""
+    ``method``: evaluate under a method that extends the trained one (see :func:`siattn.training.load_checkpoint`).
+    Folders of another registered format (:data:`CHECKPOINT_LOADERS`: Hugging Face model folders once
+    :mod:`siattn.hf` is imported) go to their loader."""
     from siattn.training import TrainConfig, load_checkpoint
+
+    other = _other_loader(path)
+    if other is not None:
+        return other.load(path, device, label=label, attn_backend=attn_backend, method=method)
 
     device = torch.device(device)
     model, config, extra = load_checkpoint(path, device=device, attn_backend=attn_backend, method=method)
@@ -83,15 +135,24 @@ def load_checkpoints(paths: Sequence[str], device: torch.device, labels: Sequenc
                      attn_backend: str | None = None, method: str | None = None) -> Iterator[Checkpoint]:
     """Load the checkpoints one at a time (only one model in memory), labelled by ``labels`` or their method
     (made unique). The labels are settled before any model is loaded, from each checkpoint's state.json."""
-    from siattn.training import read_checkpoint_state
-
     if labels and len(labels) != len(paths):
         raise ValueError(f"{len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
     if not labels:
-        methods = [method or read_checkpoint_state(p, verify=False)[1]["model_config"]["method"] for p in paths]
+        methods = [method or checkpoint_state(p)["model_config"]["method"] for p in paths]
         labels = unique_labels(methods)
     for path, label in zip(paths, labels):
         yield load_for_eval(path, device, label=label, attn_backend=attn_backend, method=method)
+
+
+def checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint says about itself before loading (no weights read): a siattn checkpoint's state.json
+    (``model_config``, ``train_config``, ...), or the same keys from another registered format."""
+    from siattn.training import read_checkpoint_state
+
+    other = _other_loader(path)
+    if other is not None:
+        return other.state(path)
+    return read_checkpoint_state(path, verify=False)[1]
 
 
 def open_validation_data(data: str | None, checkpoint: Checkpoint) -> Any:

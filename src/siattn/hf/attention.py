@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,6 +51,34 @@ def _config_transform(config: Any) -> LogitTransform:
     return method.logit_transform(float(getattr(config, "siattn_tau", DEFAULT_TAU)))
 
 
+# keyword arguments some transformers models pass for attention features siattn does not compute
+_UNSUPPORTED_KWARGS = {
+    "softcap": "attention logit soft-capping (Gemma-2's attn_logit_softcapping)",
+    "s_aux": "attention sinks (s_aux, gpt-oss)",
+}
+# config fields that switch those features on, checked by convert
+_UNSUPPORTED_CONFIG = {
+    "attn_logit_softcapping": "attention logit soft-capping (Gemma-2)",
+}
+
+
+def check_model_features(config: Any) -> None:
+    """Raise ValueError naming the config field when the model uses an attention feature siattn does not compute.
+    Sliding windows are supported: transformers builds their mask and the bridge applies it."""
+    for field_name, what in _UNSUPPORTED_CONFIG.items():
+        value = getattr(config, field_name, None)
+        if value is not None:
+            raise ValueError(f"{what} is not supported by siattn: config.{field_name} = {value!r}; it would be "
+                             f"silently dropped (set config.{field_name} = None to convert without it)")
+
+
+def _check_call_features(kwargs: dict) -> None:
+    for name, what in _UNSUPPORTED_KWARGS.items():
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{what} is not supported by siattn's attention function: the model passed "
+                             f"{name}={kwargs[name]!r}")
+
+
 def _check_mask_registered(config: Any) -> None:
     name = getattr(config, "_attn_implementation", None)
     if name is not None and name not in AttentionMaskInterface._global_mapping:
@@ -73,56 +103,132 @@ def causal_mask(q_offset: int, tq: int, tk: int, device: torch.device) -> torch.
     return torch.arange(tk, device=device)[None, :] <= rows[:, None]
 
 
-def query_offset(allowed: torch.Tensor) -> int | None:
-    """Slot of query row 0: max over rows of (last visible key − row); None when no key is visible at all."""
+def query_offset_tensor(allowed: torch.Tensor) -> torch.Tensor:
+    """Slot of query row 0 as a 0-dim int64 tensor, without a host sync: max over rows of (last visible key − row),
+    or kv − q when no key is visible at all. ``allowed``: boolean (B|1, 1|H, q, kv)."""
     tq, tk = allowed.shape[-2:]
     visible = allowed.any(-1)
-    if not bool(visible.any()):
-        return None
     last = tk - 1 - allowed.flip(-1).to(torch.uint8).argmax(-1)
-    rel = last - torch.arange(tq, device=allowed.device)
-    return int(rel.masked_fill(~visible, -1).max())
+    rel = (last - torch.arange(tq, device=allowed.device)).masked_fill(~visible, -1).amax()
+    return torch.where(rel < 0, torch.full_like(rel, max(tk - tq, 0)), rel)
+
+
+def query_offset(allowed: torch.Tensor) -> int | None:
+    """Slot of query row 0: max over rows of (last visible key − row); None when no key is visible at all."""
+    if not bool(allowed.any()):
+        return None
+    return int(query_offset_tensor(allowed))
+
+
+@dataclass(frozen=True)
+class MaskLayout:
+    """What a mask is, read once on the host: the query slot offset and, when the mask is causal within one key
+    window per batch row (left and right padding), the windows [starts[b], ends[b]). ``kind``: "causal" (no
+    padding), "windows", "general" (anything else: sliding windows, packing) or "empty" (no key visible)."""
+
+    kind: str
+    q_offset: int
+    starts: tuple[int, ...] = ()
+    ends: tuple[int, ...] = ()
+
+
+def mask_layout(allowed: torch.Tensor) -> MaskLayout:
+    """Classify a boolean (B|1, 1|H, q, kv) mask (one host sync). Row b is a key window when its mask equals
+    causal(q_offset) ∧ starts[b] <= key < ends[b], starts[b] / ends[b] being its first / last visible key (+1)."""
+    tq, tk = allowed.shape[-2:]
+    device = allowed.device
+    visible = allowed.any(-1)  # (B, H, q)
+    if allowed.shape[1] != 1:
+        offset = query_offset(allowed)
+        return MaskLayout("empty", max(tk - tq, 0)) if offset is None else MaskLayout("general", offset)
+    rows = allowed[:, 0]  # (B, q, kv)
+    q_offset = query_offset_tensor(allowed)
+    keys = torch.arange(tk, device=device)
+    any_key = rows.any(-2)  # (B, kv): keys some query sees
+    starts = any_key.to(torch.uint8).argmax(-1)
+    ends = tk - any_key.flip(-1).to(torch.uint8).argmax(-1)
+    qpos = q_offset + torch.arange(tq, device=device)
+    expected = ((keys[None, None, :] <= qpos[None, :, None]) & (keys[None, None, :] >= starts[:, None, None])
+                & (keys[None, None, :] < ends[:, None, None]))
+    summary = torch.stack((q_offset, visible.any().long(), (rows == expected).all().long()))
+    offset, anything, windows = summary.tolist()
+    if not anything:
+        return MaskLayout("empty", max(tk - tq, 0))
+    if not windows:
+        return MaskLayout("general", offset)
+    bounds = torch.stack((starts, ends)).tolist()
+    if all(s == 0 for s in bounds[0]) and all(e == tk for e in bounds[1]):
+        return MaskLayout("causal", offset)
+    return MaskLayout("windows", offset, tuple(bounds[0]), tuple(bounds[1]))
+
+
+# transformers builds one mask per forward and hands the same tensor to every layer: its layout is read once
+_LAST_LAYOUT: list = [None, -1, None]  # weak reference to the mask, its version counter, its layout
+
+
+def cached_mask_layout(attention_mask: torch.Tensor, allowed: torch.Tensor) -> MaskLayout:
+    """:func:`mask_layout` of ``allowed``, remembered for the tensor ``attention_mask`` while it is unchanged."""
+    ref, version, layout = _LAST_LAYOUT
+    if ref is not None and ref() is attention_mask and version == attention_mask._version:
+        return layout
+    layout = mask_layout(allowed)
+    _LAST_LAYOUT[:] = [weakref.ref(attention_mask), attention_mask._version, layout]
+    return layout
 
 
 def left_padding(allowed: torch.Tensor, q_offset: int) -> list[int] | None:
     """Per-row count of leading padded key slots when ``allowed`` is causal(q_offset) with left padding only
     (row b: key j visible iff p_b <= j <= q_offset + r), else None."""
-    if allowed.shape[1] != 1:
+    layout = mask_layout(allowed)
+    tk = allowed.shape[-1]
+    if layout.q_offset != q_offset or layout.kind not in ("causal", "windows"):
         return None
-    rows = allowed[:, 0]  # (B|1, q, kv)
-    if not bool(rows[:, -1].any(-1).all()):
-        return None
-    pads = rows[:, -1].to(torch.uint8).argmax(-1)  # first visible key of the last (always real) query row
-    tq, tk = rows.shape[-2:]
-    keys = torch.arange(tk, device=rows.device)
-    expected = causal_mask(q_offset, tq, tk, rows.device)[None] & (keys[None, None, :] >= pads[:, None, None])
-    return pads.tolist() if bool((rows == expected).all()) else None
+    if layout.kind == "causal":
+        return [0] * allowed.shape[0]
+    return list(layout.starts) if all(e == tk for e in layout.ends) else None
+
+
+def key_window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, starts: tuple[int, ...],
+                         ends: tuple[int, ...], transform: LogitTransform, q_offset: int, scale: float,
+                         ) -> torch.Tensor:
+    """Causal attention where batch row b sees only key slots [starts[b], ends[b]) (left / right padding), through
+    the fast backends one row at a time on its own keys: nothing is materialised. Query rows whose slot precedes
+    starts[b] see no key and give 0, as in the masked path; distances stay slot distances."""
+    batch = query.shape[0]
+    if len(starts) == 1 and batch > 1:
+        starts, ends = starts * batch, ends * batch
+    out = query.new_zeros(*query.shape[:3], value.shape[-1])
+    for b, (start, end) in enumerate(zip(starts, ends)):
+        first = max(0, start - q_offset)  # the first query row whose slot is at or after the window's start
+        if first >= query.shape[2] or end <= start:
+            continue
+        out[b:b + 1, :, first:] = run_backend(
+            query[b:b + 1, :, first:], key[b:b + 1, :, start:end], value[b:b + 1, :, start:end],
+            transform=transform, q_offset=q_offset + first - start, causal=True, scale=scale)
+    return out
 
 
 def left_padded_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, pads: list[int],
                           transform: LogitTransform, q_offset: int, scale: float) -> torch.Tensor:
-    """Left-padded rows through the fast backends, one row at a time: drop row b's p_b padded key slots and the
-    query rows that sit on them (their output is 0, as in the masked path); distances are unchanged."""
-    if len(pads) == 1 and query.shape[0] > 1:
-        pads = pads * query.shape[0]
-    out = query.new_zeros(*query.shape[:3], value.shape[-1])
-    for b, pad in enumerate(pads):
-        first = max(0, pad - q_offset)  # the first query row whose slot is a real token
-        if first >= query.shape[2]:
-            continue
-        out[b:b + 1, :, first:] = run_backend(
-            query[b:b + 1, :, first:], key[b:b + 1, :, pad:], value[b:b + 1, :, pad:], transform=transform,
-            q_offset=q_offset + first - pad, causal=True, scale=scale)
-    return out
+    """Left-padded rows (p_b padded key slots in row b) through :func:`key_window_attention`."""
+    tk = key.shape[2]
+    return key_window_attention(query, key, value, tuple(pads), (tk,) * len(pads), transform, q_offset, scale)
 
 
 def masked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor,
-                     transform: LogitTransform, q_offset: int, scale: float, dropout: float) -> torch.Tensor:
+                     transform: LogitTransform, q_offset: int | torch.Tensor, scale: float,
+                     dropout: float) -> torch.Tensor:
     """softmax(f(scale·q·kᵀ; t) masked by ``allowed``)·v with t = |q_offset + r − c|; rows with no key give 0.
-    query (B, H, q, D); key, value (B, Hkv, kv, D); allowed (B|1, 1|H, q, kv). Returns (B, H, q, Dv).
-    The reference backend's materialised attention with ``allowed`` as its only mask."""
+    query (B, H, q, D); key, value (B, Hkv, kv, D); allowed (B|1, 1|H, q, kv); q_offset an int or a 0-dim
+    tensor (no host sync). Returns (B, H, q, Dv). The reference backend's materialised attention with ``allowed``
+    as its only mask: memory O(B·H·q·kv)."""
     return reference_attention(query, key, value, transform=transform, q_offset=q_offset, causal=False,
                                scale=scale, mask=allowed, dropout=dropout)
+
+
+# query rows up to which a masked call is computed in one batched, materialised, sync-free step: with q <= 16 the
+# scores take B·H·q·kv floats, no more than the key cache itself at head dimension 16
+SMALL_QUERY = 16
 
 
 # ----------------------------------------------------------------------------------------- attention function
@@ -134,32 +240,42 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 
     query (B, Hq, q, D) and key, value (B, Hkv, kv, D): rotated, cache appended, GQA heads not expanded.
     Returns (out (B, q, Hq, D), None); attention weights are never returned.
+
+    Paths: no mask → the fast backends (causal, offset from the shapes). Inside torch.compile, with attention
+    dropout, or with a mask and q <= :data:`SMALL_QUERY` rows (decoding) → one batched masked call with the offset
+    as a tensor read from the mask (no host sync, no Python loop over the cache length, so decoding compiles
+    once). Otherwise the mask's layout is read once per forward
+    (:func:`cached_mask_layout`): causal → the fast backends; one key window per row (left / right padding) →
+    :func:`key_window_attention`; anything else → the masked call.
     """
     config = module.config
     transform = _config_transform(config)
     _check_mask_registered(config)
+    _check_call_features(kwargs)
     tq, tk = query.shape[2], key.shape[2]
     scale = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else float(scaling)
     dropout = float(dropout or 0.0)
-    allowed, pads = None, None
+    compiling = torch.compiler.is_compiling()
     if attention_mask is None:
         # transformers' "is_causal" cases: q == 1 or q == kv (bottom-right), or a StaticCache prefill (top-left)
         q_offset = tk - tq if tq in (1, tk) else 0
-        plain = True
-    else:
-        allowed = allowed_mask(attention_mask)
-        found = query_offset(allowed)
-        q_offset = max(tk - tq, 0) if found is None else found
-        plain = found is not None and bool((allowed == causal_mask(q_offset, tq, tk, allowed.device)).all())
-        if found is not None and not plain and dropout == 0.0:
-            pads = left_padding(allowed, q_offset)
-    if plain and dropout == 0.0:
-        out = run_backend(query, key, value, transform=transform, q_offset=q_offset, causal=True, scale=scale)
-    elif pads is not None:
-        out = left_padded_attention(query, key, value, pads, transform, q_offset, scale)
-    else:
-        if allowed is None:
+        if dropout == 0.0 and not compiling:
+            out = run_backend(query, key, value, transform=transform, q_offset=q_offset, causal=True, scale=scale)
+        else:  # inside torch.compile the cache length may be symbolic: no Python loop over it
             allowed = causal_mask(q_offset, tq, tk, query.device)[None, None]
-        out = masked_attention(query, key, value, allowed, transform, q_offset, scale, dropout)
+            out = masked_attention(query, key, value, allowed, transform, q_offset, scale, dropout)
+        return out.transpose(1, 2).contiguous(), None
+    allowed = allowed_mask(attention_mask)
+    if compiling or dropout > 0.0 or tq <= SMALL_QUERY:
+        q_offset_t = query_offset_tensor(allowed)
+        out = masked_attention(query, key, value, allowed, transform, q_offset_t, scale, dropout)
+        return out.transpose(1, 2).contiguous(), None
+    layout = cached_mask_layout(attention_mask, allowed)
+    if layout.kind == "causal":
+        out = run_backend(query, key, value, transform=transform, q_offset=layout.q_offset, causal=True,
+                          scale=scale)
+    elif layout.kind == "windows":
+        out = key_window_attention(query, key, value, layout.starts, layout.ends, transform, layout.q_offset, scale)
+    else:
+        out = masked_attention(query, key, value, allowed, transform, layout.q_offset, scale, dropout)
     return out.transpose(1, 2).contiguous(), None
-

@@ -8,11 +8,19 @@ import math
 from typing import Any
 
 import torch
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from siattn.hf.attention import DEFAULT_METHOD, check_method, expected_rope_type
+from siattn.hf.attention import DEFAULT_METHOD, check_method, check_model_features, expected_rope_type
 from siattn.hf.registration import DEFAULT_NAME, register
-from siattn.hf.rope import NO_ROPE_TYPE, P_ROPE_TYPE, current_rope_type, default_p_rope_base, head_dim, rope_params
+from siattn.hf.rope import (
+    NO_ROPE_TYPE,
+    P_ROPE_TYPE,
+    current_rope_type,
+    default_p_rope_base,
+    frequencies,
+    head_dim,
+    p_rope_parameters,
+    rope_params,
+)
 from siattn.methods import get_method
 from siattn.positional.rope import p_rope_inv_freq
 from siattn.schedule import DEFAULT_TAU
@@ -24,11 +32,12 @@ def _text_config(model: Any) -> Any:
 
 
 def _set_rope(config: Any, params: dict) -> None:
-    """Replace the rope dict, keeping rope_theta (5.x: inside ``rope_parameters``; 4.x: ``rope_scaling``)."""
+    """Replace the rope dict, keeping rope_theta unless ``params`` sets it (5.x: inside ``rope_parameters``; 4.x:
+    ``rope_scaling``)."""
     old = rope_params(config) or {}
     if hasattr(config, "rope_parameters"):
         theta = old.get("rope_theta", getattr(config, "rope_theta", None))
-        config.rope_parameters = {**params, **({"rope_theta": theta} if theta is not None else {})}
+        config.rope_parameters = {**({"rope_theta": theta} if theta is not None else {}), **params}
     else:
         config.rope_scaling = dict(params)
 
@@ -40,7 +49,7 @@ def _rotary_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def _refresh_rotary(model: torch.nn.Module, config: Any, rope_type: str) -> None:
     """Recompute the live rotary embeddings' frequencies so the converted model runs without a reload."""
-    inv_freq, factor = ROPE_INIT_FUNCTIONS[rope_type](config)
+    inv_freq, factor = frequencies(config, current_rope_type(config))
     for mod in _rotary_modules(model):
         with torch.no_grad():
             for attr in ("inv_freq", "original_inv_freq"):
@@ -50,6 +59,8 @@ def _refresh_rotary(model: torch.nn.Module, config: Any, rope_type: str) -> None
         mod.rope_type = rope_type
         mod.attention_scaling = factor
         if hasattr(mod, "rope_init_fn"):  # transformers 4.x keeps the init function for dynamic updates
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
             mod.rope_init_fn = ROPE_INIT_FUNCTIONS[rope_type]
 
 
@@ -67,17 +78,20 @@ def convert(model: torch.nn.Module, *, method: str = DEFAULT_METHOD, tau: float 
     """Switch a transformers causal LM to siattn attention in place and return it.
 
     Sets ``config.siattn_method`` / ``config.siattn_tau`` (saved by ``save_pretrained``), the rotary the method
-    needs, and the attention implementation ``attn_name`` (registered here). p-RoPE methods get
-    ``{"rope_type": "p_rope", "p_rope_base": base, "p_rope_fraction": fraction}`` with base defaulting to
-    :func:`default_p_rope_base` (1024 · L_train / 4096: 1024 for Llama-2); RoPE methods keep the model's RoPE;
-    methods without rotary (nope, alibi, si-nope) get ``"no_rope"``. The live rotary ``inv_freq`` is recomputed.
-    Raises ValueError for LogN methods, rope-ntk and yarn, and models with per-layer-type or partial rotary.
+    needs, and the attention implementation ``attn_name`` (registered here). p-RoPE methods get the rope dict of
+    :func:`siattn.hf.rope.p_rope_parameters` (``p_rope_base``, ``p_rope_fraction``, stored as transformers'
+    ``proportional`` type where it exists) with base defaulting to :func:`default_p_rope_base`
+    (1024 · L_train / 4096: 1024 for Llama-2); RoPE methods keep the model's RoPE; methods without rotary (nope,
+    alibi, si-nope) get ``"no_rope"``. The live rotary ``inv_freq`` is recomputed.
+    Raises ValueError for LogN methods, rope-ntk and yarn, models with per-layer-type or partial rotary, and
+    attention features siattn does not compute (logit soft-capping, attention sinks).
     """
     resolved = get_method(method)
     check_method(resolved)
     if isinstance(tau, bool) or not isinstance(tau, int | float) or not (math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
     config = _text_config(model)
+    check_model_features(config)
     current = rope_params(config) or {}
     if current and not any(k in current for k in ("rope_type", "type", "rope_theta")):
         raise ValueError("models with per-layer-type rope parameters are not supported by siattn.hf.convert")
@@ -95,8 +109,7 @@ def convert(model: torch.nn.Module, *, method: str = DEFAULT_METHOD, tau: float 
     if target == P_ROPE_TYPE:
         base = default_p_rope_base(config) if p_rope_base is None else float(p_rope_base)
         p_rope_inv_freq(head_dim(config), base, p_rope_fraction)  # validates before anything changes
-        new_params: dict | None = {"rope_type": P_ROPE_TYPE, "p_rope_base": base,
-                                   "p_rope_fraction": float(p_rope_fraction)}
+        new_params: dict | None = p_rope_parameters(head_dim(config), base, float(p_rope_fraction))
     elif target == NO_ROPE_TYPE:
         new_params = {"rope_type": NO_ROPE_TYPE}
     else:

@@ -7,7 +7,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from siattn.hf.attention import attention_forward
-from siattn.hf.rope import register_rope_types
+from siattn.hf.rope import SIATTN_IMPLEMENTATIONS, register_rope_types
 
 DEFAULT_NAME = "siattn"
 
@@ -23,5 +23,6 @@ def register(name: str = DEFAULT_NAME) -> str:
                          "another name for siattn")
     AttentionInterface.register(name, attention_forward)
     AttentionMaskInterface.register(name, sdpa_mask)
+    SIATTN_IMPLEMENTATIONS.add(name)
     register_rope_types()
     return name

@@ -13,17 +13,21 @@ and ``loss-by-length.png``. Lengths already in ``eval.json`` for the same checkp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from siattn.evaluation.checkpoints import load_checkpoints, open_validation_data, resolve_device
+from siattn.evaluation.checkpoints import checkpoint_state, load_checkpoints, open_validation_data, resolve_device
 from siattn.evaluation.config import DEFAULT_TOKENS, EvalConfig
 from siattn.evaluation.lengths import eval_lengths, length_label
 from siattn.io import command_line, markdown_table, read_json, write_json
 from siattn.recipes.arguments import Command
+
+with contextlib.suppress(ImportError):  # Hugging Face model folders as checkpoints: siattn.hf registers the loader
+    import siattn.hf  # noqa: F401
 
 HELP = "Validation loss at 1×, 4×, 16× the training length (and by position) for one or more checkpoints."
 
@@ -40,11 +44,9 @@ class Plan:
 
 
 def plan_checkpoints(paths: list[str]) -> dict[str, Plan]:
-    from siattn.training import read_checkpoint_state
-
     out = {}
     for path in paths:
-        _, state = read_checkpoint_state(path, verify=False)
+        state = checkpoint_state(path)
         tc = state.get("train_config") or {}
         out[path] = Plan(state["model_config"]["method"], int(state["model_config"]["train_length"]),
                          tc.get("eval_tokens"), tc.get("eval_batch_tokens"), tc.get("data"))

@@ -17,6 +17,7 @@ weights, which a resumed run reuses instead of fine-tuning again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from siattn.evaluation.config import NeedleConfig
 from siattn.evaluation.lengths import eval_lengths, length_label
 from siattn.io import command_line, markdown_table, read_json, write_json
 from siattn.recipes.arguments import Command
+
+with contextlib.suppress(ImportError):  # Hugging Face model folders as checkpoints: siattn.hf registers the loader
+    import siattn.hf  # noqa: F401
 
 HELP = "Needle-in-a-haystack or passkey retrieval: accuracy by context length and needle depth."
 

@@ -11,29 +11,13 @@ import torch
 transformers = pytest.importorskip("transformers")
 hf = pytest.importorskip("siattn.hf")
 
-from transformers import AttentionInterface, AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from hf_models import HEAD_DIM, HEADS, KV_HEADS, MAX_POS, tiny_llama, tokens  # noqa: E402
+from transformers import AttentionInterface, AutoModelForCausalLM, DynamicCache  # noqa: E402
 
 from siattn.backends import run_backend  # noqa: E402
 from siattn.backends.transforms import LogitTransform  # noqa: E402
 from siattn.hf import attention as hfa  # noqa: E402
 from siattn.positional import rope  # noqa: E402
-
-HEAD_DIM, HEADS, KV_HEADS, VOCAB, MAX_POS = 16, 4, 2, 100, 256
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=64, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
-                         intermediate_size=128, num_hidden_layers=2, vocab_size=VOCAB, max_position_embeddings=MAX_POS,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=0)
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = 0
-    return model
-
-
-def tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 # ---------------------------------------------------------------- a hand-written forward with the schedule spelled out
@@ -86,6 +70,8 @@ def manual_forward(model, ids, inv_freq, logit_fn):
     return model.lm_head(inner.norm(x))
 
 
+# where transformers has the "proportional" rope type, p-RoPE is stored as it (plain transformers then loads it)
+STORED_P_ROPE = "proportional" if "proportional" in transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS else "p_rope"
 P_ROPE_64 = torch.tensor([64.0 ** (-k / 3) for k in range(4)] + [0.0] * 4)  # base 1024·256/4096, 4 of 8 pairs
 ROPE_10K = torch.tensor([10_000.0 ** (-2 * i / HEAD_DIM) for i in range(HEAD_DIM // 2)])
 
@@ -113,7 +99,7 @@ def test_converted_logits_equal_the_written_out_forward(method, tau, inv_freq, l
 def test_p_rope_type_gives_siattn_frequencies():
     model = hf.convert(tiny_llama(), method="si-p-rope", p_rope_fraction=0.5)
     params = model.config.rope_parameters if hasattr(model.config, "rope_parameters") else model.config.rope_scaling
-    assert params["rope_type"] == "p_rope"
+    assert params["rope_type"] == STORED_P_ROPE and hf.rope.current_rope_type(model.config) == "p_rope"
     assert params["p_rope_base"] == pytest.approx(1024 * MAX_POS / 4096)
     expected = rope.p_rope_inv_freq(HEAD_DIM, 1024 * MAX_POS / 4096, 0.5)
     inv_freq, factor = transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS["p_rope"](model.config)
@@ -284,7 +270,7 @@ def test_save_and_reload_keeps_method_tau_and_p_rope(tmp_path):
     config = reloaded.config
     params = config.rope_parameters if hasattr(config, "rope_parameters") else config.rope_scaling
     assert (config.siattn_method, config.siattn_tau, config._attn_implementation) == ("si-p-rope", 4.0, "siattn")
-    assert params["rope_type"] == "p_rope" and params["p_rope_base"] == 50.0
+    assert params["rope_type"] == STORED_P_ROPE and params["p_rope_base"] == 50.0
     torch.testing.assert_close(reloaded.model.rotary_emb.inv_freq, rope.p_rope_inv_freq(HEAD_DIM, 50.0))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, expected, atol=1e-6, rtol=1e-6)
@@ -363,3 +349,28 @@ def test_bad_arguments_fail_before_the_model_changes():
         hf.convert(model, method="nonsense")
     assert not hasattr(model.config, "siattn_method")
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, ROPE_10K)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_prefill_runs_row_windows_without_materialising(side, monkeypatch):
+    model = hf.convert(tiny_llama(), method="si-p-rope")
+    long, short = tokens(1, 30, seed=2), tokens(1, 21, seed=3)  # more query rows than SMALL_QUERY
+    pad = torch.zeros(1, 9, dtype=torch.long)
+    batch = torch.cat((long, torch.cat((pad, short) if side == "left" else (short, pad), dim=1)))
+    mask = torch.ones_like(batch)
+    if side == "left":
+        mask[1, :9] = 0
+    else:
+        mask[1, 21:] = 0
+    monkeypatch.setattr(hfa, "masked_attention", lambda *a, **k: pytest.fail("took the materialising path"))
+    with torch.no_grad():
+        padded = model(batch, attention_mask=mask).logits
+        alone_long, alone_short = model(long).logits[0], model(short).logits[0]
+    torch.testing.assert_close(padded[0], alone_long, atol=1e-4, rtol=1e-4)
+    real = slice(9, None) if side == "left" else slice(None, 21)
+    torch.testing.assert_close(padded[1, real], alone_short, atol=1e-4, rtol=1e-4)
+    allowed = hfa.causal_mask(0, 30, 30, batch.device)[None, None] & mask.bool()[:, None, None, :]
+    layout = hfa.mask_layout(allowed)
+    assert layout.kind == "windows" and layout.q_offset == 0
+    assert layout.starts == ((0, 9) if side == "left" else (0, 0)) and layout.ends == ((30, 30) if side == "left"
+                                                                                        else (30, 21))
