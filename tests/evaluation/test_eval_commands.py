@@ -97,3 +97,18 @@ def test_passkey_is_zero_shot_by_default(checkpoint, tmp_path):
     assert list(entry["stages"]) == ["zero-shot"]
     assert entry["stages"]["zero-shot"]["lengths"]["384"]["trials"] == 3
     assert (tmp_path / "passkey.md").exists() and (tmp_path / "passkey-heatmap-zero-shot.png").exists()
+
+
+def test_needle_measures_attention_on_the_needles_when_asked_and_keeps_it_on_resume(checkpoint, tmp_path):
+    args = ("needle", "--task", "passkey", "--checkpoint", checkpoint, "--out", tmp_path, "--lengths", 384,
+            "--trials", 2, "--attention-trials", 2, "--no-progress")
+    assert run(*args) == 0
+    stage = json.loads((tmp_path / "passkey.json").read_text())["checkpoints"]
+    (entry,) = stage.values()
+    attention = entry["stages"]["zero-shot"]["attention"]
+    assert attention["config"]["trials"] == 2 and list(attention["lengths"]) == ["384"]
+    cell = attention["lengths"]["384"]
+    assert all(0.0 <= m <= 1.0 for row in cell["mass"] for m in row) and 0.0 < cell["uniform"] < 1.0
+    assert run(*args) == 0  # every length kept: the measurement is kept with it
+    (again,) = json.loads((tmp_path / "passkey.json").read_text())["checkpoints"].values()
+    assert again["stages"]["zero-shot"]["attention"] == attention

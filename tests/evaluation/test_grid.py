@@ -47,6 +47,9 @@ def test_a_run_writes_its_results_and_the_table_reads_them(tmp_path, tiny_data):
     assert summary["val"]["rope"]["384"] == summary["val"]["rope-ntk"]["384"]
     assert summary["val"]["rope"]["768"] != summary["val"]["rope-ntk"]["768"]
     assert 0.0 <= summary["needle"]["rope-ntk"]["768"] <= 1.0
+    attention = json.loads((folder / "needle.json").read_text())["methods"]["rope-ntk"]["attention"]
+    mass = attention["lengths"]["768"]["mass"]  # layers × heads, each a share of the attention
+    assert len(mass) == 1 and all(0.0 <= m <= 1.0 for m in mass[0])
     assert summary["tokens"] == 4 * 2 * 384 and summary["passes"] == pytest.approx(
         summary["tokens"] / summary["dataset"]["train_tokens"])
     assert summary["convergence"]["to_step"] == 4

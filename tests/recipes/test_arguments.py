@@ -185,3 +185,12 @@ def test_a_bad_value_in_the_python_api_raises_the_command_lines_message(capsys):
         TrainConfig(steps=0)
     assert main(["train", "--steps", "0", "--print-config"]) == 2
     assert "--steps must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_no_command_writes_into_results_unless_told(command, capsys):
+    """Default output folders are under runs/ (ignored): tracked results/ change only through --out."""
+    config = leaf_parsers()[command]._siattn_command.config
+    for f in all_fields(config):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        assert not str(default or "").startswith("results"), f"{command}: --{f.name} defaults to {default!r}"

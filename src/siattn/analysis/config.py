@@ -19,7 +19,7 @@ DEFAULT_DATA = "data_cache/stdlib-bytes"
 class TheoryRun(TheoryConfig):
     """IID N(0,1) scores under no scaling, LogN and scale-invariant logits."""
 
-    out: str = option("results/theory", "output folder for theory.json, theory.md and the PNG figures")
+    out: str = option("runs/theory", "output folder for theory.json, theory.md and the PNG figures")
 
     def theory_config(self) -> TheoryConfig:
         """The TheoryConfig part (what the results depend on)."""
@@ -54,7 +54,7 @@ class ModelAnalysisConfig:
                           min=1)
     windows: int = option(ModelStatsConfig.windows, "validation windows (one forward each)", min=1)
     layers: list[int] | None = option(None, "layers to analyse (default: all)", min=0, metavar="L")
-    out: str = option("results/analysis-model", "output folder: model.json, model.md, a folder of figures per "
+    out: str = option("runs/analysis-model", "output folder: model.json, model.md, a folder of figures per "
                       "checkpoint")
     seed: int = option(ModelStatsConfig.seed, "seed of the query-row and QQ sampling", min=0)
     device: str = option("auto", "auto (CUDA if available), cpu, cuda, ...")

@@ -63,7 +63,7 @@ class EvalConfig(CheckpointOptions):
     head_chunk: int | None = option(None, "tokens per slice of the output head (default: slice only when the "
                                     "logits are large)", min=1)
     bins_per_decade: int = option(10, "log-spaced position bins per factor of 10", min=1)
-    out: str = option("results/eval", "output folder")
+    out: str = option("runs/eval", "output folder")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,9 +95,12 @@ class NeedleConfig(CheckpointOptions):
                              min=0.0, min_open=True)
     margin: int = option(2, "tokens decoded beyond the answer's length", min=0)
     depth_bins: int = option(10, "rows of the depth × length heat map", min=1)
+    attention_trials: int = option(0, "also measure, after each stage, the attention mass on the needle tokens per "
+                                   "layer and head over the first N examples of every length "
+                                   "(siattn.analysis.needle_attention; 0: off)", min=0, metavar="N")
     save_finetuned: bool = option(False, "save the fine-tuned weights under OUT/finetuned-{task}/{label} (reused "
                                   "on resume)")
-    out: str | None = option(None, "output folder (default: results/{task})")
+    out: str | None = option(None, "output folder (default: runs/{task})")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -119,7 +122,7 @@ class NeedleConfig(CheckpointOptions):
 
     @property
     def out_dir(self) -> str:
-        return self.out or f"results/{self.task}"
+        return self.out or f"runs/{self.task}"
 
 
 @dataclass(kw_only=True)

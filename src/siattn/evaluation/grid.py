@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from siattn.io import markdown_table, read_json, write_json
+from siattn.io import markdown_table, read_json, write_json, write_text
 
 RUNS = "runs"
 RUN_FILES = ("run.json", "metrics.jsonl", "eval.json", "needle.json", "passkey.json")
@@ -58,6 +58,7 @@ class Retrieval:
     micro_batch_size: int | None = None
     seed: int = 0
     margin: int = 2
+    attention_trials: int = 10  # examples per length whose attention mass on the needles is measured (0: off)
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,9 @@ def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Modul
               train_config: Any, ds: Any, lengths: Sequence[int], train_length: int, progress: bool,
               log: Callable[[str], Any]) -> dict[str, Any]:
     """Fine-tune ``base`` (in place) on the protocol's task at ``train_length``, then evaluate it under every
-    method of ``models`` (name -> a function that returns the fine-tuned weights under that method)."""
+    method of ``models`` (name -> a function that returns the fine-tuned weights under that method) and measure
+    where its attention goes at each length (:mod:`siattn.analysis.needle_attention`)."""
+    from siattn.analysis.needle_attention import NeedleAttentionConfig, needle_attention
     from siattn.evaluation.needle import decoding_model, evaluate_retrieval, finetune
     from siattn.evaluation.passkey import retrieval_task
 
@@ -281,6 +284,10 @@ def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Modul
                                      margin=protocol.margin, progress=progress)
         out["methods"][name] = {"seconds": round(time.perf_counter() - t0, 1),
                                 "lengths": {str(k): v for k, v in sorted(results.items())}}
+        if protocol.attention_trials:
+            cfg = NeedleAttentionConfig(lengths=tuple(lengths), trials=protocol.attention_trials,
+                                        seed=protocol.seed)
+            out["methods"][name]["attention"] = needle_attention(make(), task("val"), cfg)
         log(f"{protocol.task} {name}: " + ", ".join(f"@{k} {v['accuracy']:.3f}" for k, v in sorted(results.items())))
     return out
 
@@ -483,7 +490,7 @@ def summarize(study: Study, out: Path) -> str:
              "of the method they extend.\n",
              "Runs (commit, hardware): " + "; ".join(f"`{c[:12]}` on {h}" for c, h in facts) + "\n",
              f"Regenerate: `siattn reproduce {study.name} --table --out {out}`\n"]
-    (out / "table.md").write_text("\n".join(lines))
+    write_text(out / "table.md", "\n".join(lines))
     plot_study(study, runs, rows, out)
     return table
 

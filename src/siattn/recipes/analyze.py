@@ -10,12 +10,12 @@ Sub-commands are listed in ``SUBCOMMANDS`` (name -> Command); add a new one by a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 from siattn.analysis.config import DEFAULT_DATA, ModelAnalysisConfig, TheoryRun
+from siattn.io import write_json, write_text
 from siattn.recipes.arguments import Command
 
 HELP = ("Attention statistics: entropy, range entropy and recent-token mass for IID Gaussian logits (theory) "
@@ -50,8 +50,8 @@ def _theory_main(run: TheoryRun, _: argparse.Namespace | None = None) -> int:
     results["runtime_s"] = time.perf_counter() - start
     results["cpu_s"] = time.process_time() - cpu_start  # all threads; wall time depends on machine load
     results["figures"] = [p.name for p in figures]
-    (out / "theory.json").write_text(json.dumps(_finite(results), indent=1) + "\n")
-    (out / "theory.md").write_text(to_markdown(results))
+    write_json(out / "theory.json", _finite(results))
+    write_text(out / "theory.md", to_markdown(results))
     print(f"wrote {out / 'theory.json'}, {out / 'theory.md'}, " + ", ".join(str(p) for p in figures)
           + f" in {results['runtime_s']:.1f} s ({results['cpu_s']:.1f} s CPU)")
     return 0
@@ -94,8 +94,8 @@ def _model_main(args: ModelAnalysisConfig, _: argparse.Namespace | None = None) 
             folder = out / ckpt.label
             title = f"{ckpt.label} (step {ckpt.step}), T = {cfg.length}"
             results["figures"] = [p.name for p in model_report.plot_figures(results, folder, title)]
-            (folder / "model.json").write_text(json.dumps(_finite(results), indent=1) + "\n")
-            (folder / "model.md").write_text(model_report.to_markdown(results, title))
+            write_json(folder / "model.json", _finite(results))
+            write_text(folder / "model.md", model_report.to_markdown(results, title))
             everything.append(results)
     except (CheckpointError, DataError, ValueError) as err:
         print(f"siattn analyze model: error: {err}")
@@ -106,11 +106,11 @@ def _model_main(args: ModelAnalysisConfig, _: argparse.Namespace | None = None) 
                                                   "sampled_n": r["sampled_n"], "mean": r["mean"]}
                                for r in everything],
                "runtime_s": time.perf_counter() - start, "figures": [p.name for p in figures]}
-    (out / "model.json").write_text(json.dumps(_finite(summary), indent=1) + "\n")
+    write_json(out / "model.json", _finite(summary))
     md = model_report.summary_markdown(everything)
     md += "\nPer checkpoint: " + ", ".join(f"`{r['checkpoint']['label']}/model.md`" for r in everything)
     md += (". Comparison figures: " + ", ".join(f"`{p.name}`" for p in figures) + ".\n") if figures else ".\n"
-    (out / "model.md").write_text(md)
+    write_text(out / "model.md", md)
     print(f"wrote {out / 'model.json'}, {out / 'model.md'} and figures under {out} in "
           f"{summary['runtime_s']:.1f} s")
     return 0

@@ -31,6 +31,7 @@ from siattn.benchmarking.config import AttentionBenchConfig
 from siattn.benchmarking.cpu import reference_bytes, run_case_subprocess
 from siattn.benchmarking.cuda import add_ratios, copy_bandwidth, sdpa_default_kernels, time_decode, time_prefill
 from siattn.benchmarking.environment import versions
+from siattn.io import write_text
 from siattn.recipes.arguments import Command
 
 HELP = "Benchmark the attention backends (CUDA: Triton vs SDPA vs FlexAttention; CPU: reference/chunked/flex)."
@@ -40,8 +41,7 @@ def _write(args: AttentionBenchConfig, result: dict, markdown: str) -> None:
     print(markdown)
     for path, text in ((args.out, json.dumps(result, indent=2)), (args.md, markdown)):
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text + "\n")
+            write_text(path, text + "\n")
             print(f"wrote {path}")
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from siattn.evaluation.checkpoints import checkpoint_state, load_checkpoints, open_validation_data, resolve_device
 from siattn.evaluation.config import DEFAULT_TOKENS, EvalConfig
 from siattn.evaluation.lengths import eval_lengths, length_label
-from siattn.io import command_line, markdown_table, read_json, write_json
+from siattn.io import command_line, markdown_table, read_json, write_json, write_text
 from siattn.recipes.arguments import Command
 
 with contextlib.suppress(ImportError):  # Hugging Face model folders as checkpoints: siattn.hf registers the loader
@@ -82,7 +82,7 @@ def write_reports(out: Path, result: dict[str, Any]) -> str:
             f"\nCommand: `{result['command']}`  \nData: {', '.join(sorted(result['data']))}  \n"
             f"Device: {result['device']}, dtype {result['dtype']}; siattn {result['version']}; "
             f"{result['date']}\n"]
-    (out / "eval.md").write_text("\n".join(text))
+    write_text(out / "eval.md", "\n".join(text))
     curves, by_length = [], []
     for label, e in entries.items():
         if not e["results"]:

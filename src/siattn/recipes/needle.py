@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from siattn.errors import UsageError
 from siattn.evaluation.checkpoints import Checkpoint, load_checkpoints, open_validation_data, resolve_device
 from siattn.evaluation.config import NeedleConfig
 from siattn.evaluation.lengths import eval_lengths, length_label
-from siattn.io import command_line, markdown_table, read_json, write_json
+from siattn.io import command_line, markdown_table, read_json, write_json, write_text
 from siattn.recipes.arguments import Command
 
 with contextlib.suppress(ImportError):  # Hugging Face model folders as checkpoints: siattn.hf registers the loader
@@ -82,7 +83,7 @@ def write_reports(out: Path, result: dict[str, Any], depth_bins: int) -> str:
                  markdown_table(["checkpoint", "stage", *cols], loss_rows)]
     text.append(f"\nCommand: `{result['command']}`  \nDevice: {result['device']}, dtype {result['dtype']}; "
                 f"siattn {result['version']}; {result['date']}\n")
-    (out / f"{task}.md").write_text("\n".join(text))
+    write_text(out / f"{task}.md", "\n".join(text))
     for stage, ps in panels.items():
         plot_depth_heatmaps(ps, out / f"{task}-heatmap-{stage}.png",
                             title=f"{task}: accuracy by depth and length")
@@ -100,9 +101,9 @@ def run_stage(args: NeedleConfig, stage: str, model: Any, *, ckpt: Checkpoint, t
     done = ({int(L): r for L, r in old.get("lengths", {}).items()} if old.get("settings") == settings else {})
     st = {"settings": settings, **extra, "lengths": {str(L): r for L, r in sorted(done.items())}}
     entry["stages"][stage] = st
-    if all(L in done for L in lengths):
+    kept = all(L in done for L in lengths)
+    if kept:
         print(f"{ckpt.label} {stage}: every length kept from {json_path}")
-        return
 
     def save(length: int, res: dict[str, Any]) -> None:
         st["lengths"][str(length)] = res
@@ -110,9 +111,29 @@ def run_stage(args: NeedleConfig, stage: str, model: Any, *, ckpt: Checkpoint, t
               f"({res['needles']} needles in {res['trials']} trials)")
         write_json(json_path, result)
 
-    evaluate_retrieval(decoding_model(model, args.dtype), task, lengths, args.trial_count, done=done,
-                       on_result=save, seed=args.seed, eod_id=tokenizer.eod_id, decode=tokenizer.decode,
-                       margin=args.margin, progress=args.progress)
+    if not kept:
+        evaluate_retrieval(decoding_model(model, args.dtype), task, lengths, args.trial_count, done=done,
+                           on_result=save, seed=args.seed, eod_id=tokenizer.eod_id, decode=tokenizer.decode,
+                           margin=args.margin, progress=args.progress)
+    if not args.attention_trials:
+        return
+    if kept:  # the stage's model may not be at hand (the fine-tuned weights are not rebuilt for nothing)
+        if old.get("attention", {}).get("config", {}).get("trials") == args.attention_trials:
+            st["attention"] = old["attention"]
+        else:
+            print(f"{ckpt.label} {stage}: no attention measurement kept; run with --no-resume to measure it")
+    else:
+        from siattn.analysis.needle_attention import NeedleAttentionConfig, needle_attention
+
+        if not hasattr(model, "transformer"):
+            raise UsageError("attention_trials needs a siattn GPT checkpoint (the measurement hooks its layers)")
+        cfg = NeedleAttentionConfig(lengths=tuple(lengths), trials=args.attention_trials, seed=args.seed)
+        st["attention"] = needle_attention(model, task, cfg)
+        for length, cell in st["attention"]["lengths"].items():
+            best = cell["best_head"]
+            print(f"{ckpt.label} {stage} @ {length}: needle attention mass up to {best['mass']:.3f} (layer "
+                  f"{best['layer']}, head {best['head']}; uniform {cell['uniform']:.4f})")
+        write_json(json_path, result)
 
 
 def main(args: NeedleConfig, _: argparse.Namespace | None = None) -> int:
