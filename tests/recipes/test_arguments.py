@@ -23,6 +23,7 @@ COMMANDS: dict[str, list[str]] = {
     "analyze theory": [],
     "analyze model": ["--checkpoint", "runs/a", "--length", "4x"],
     "bench attention": ["--sizes", "1kx2", "--decode-lengths", ""],
+    "bench accuracy": ["--device", "cpu", "--suite", "small"],
     "data prepare": ["some/folder"],
     "data info": ["some/dataset"],
     "reproduce": ["cpu-tiny", "--next", "2"],

@@ -59,9 +59,9 @@ PEAKED_CASES: tuple[AccuracyCase, ...] = (
 """The suite run on the GPU machine (one and many queries, GQA, long keys), all with peaked logits."""
 
 SMALL_PEAKED_CASES: tuple[AccuracyCase, ...] = (
-    AccuracyCase("one query, 700 keys", heads=2, kv_heads=2, q_len=1, k_len=700, head_dim=32),
-    AccuracyCase("16 queries, 700 keys", heads=2, kv_heads=1, q_len=16, k_len=700, head_dim=32),
-    AccuracyCase("96 queries, GQA 4:2", heads=4, kv_heads=2, q_len=96, k_len=96, head_dim=32),
+    AccuracyCase("one query, 700 keys", heads=2, kv_heads=2, q_len=1, k_len=700, head_dim=64),
+    AccuracyCase("16 queries, 700 keys", heads=2, kv_heads=1, q_len=16, k_len=700, head_dim=64),
+    AccuracyCase("96 queries, GQA 4:2", heads=4, kv_heads=2, q_len=96, k_len=96, head_dim=64),
 )
 """A CPU-sized version of the same shapes (the tests and the CPU column of the study)."""
 
@@ -166,8 +166,8 @@ def measure_case(case: AccuracyCase, backends: Iterable[str], *, dtype: torch.dt
 
 def run_suite(cases: Iterable[AccuracyCase], backends: Iterable[str], *, dtype: torch.dtype,
               seeds: Iterable[int], transforms: Iterable[LogitTransform], device: str | torch.device = "cpu",
-              kernel: KernelOptions | None = None, progress: Callable[[str], None] | None = None
-              ) -> list[AccuracyRow]:
+              kernel: KernelOptions | None = None, factor: float = 2.0,
+              progress: Callable[[str], None] | None = None) -> list[AccuracyRow]:
     """:func:`measure_case` over every case × transform × seed; ``progress`` is told each case as it starts."""
     rows: list[AccuracyRow] = []
     backends, seeds, transforms = list(backends), list(seeds), list(transforms)
@@ -177,7 +177,7 @@ def run_suite(cases: Iterable[AccuracyCase], backends: Iterable[str], *, dtype: 
                 if progress is not None:
                     progress(f"{case.name} · {transform.kind} · seed {seed}")
                 rows += measure_case(case, backends, dtype=dtype, seed=seed, transform=transform, device=device,
-                                     kernel=kernel)
+                                     kernel=kernel, factor=factor)
     return rows
 
 

@@ -79,3 +79,36 @@ class AttentionBenchConfig:
         for t, b in self.sizes:
             if t < 1 or b < 1:
                 raise ValueError(f"sizes must be T x B with T, B >= 1, got {t}x{b}")
+
+
+ACCURACY_SUITES = ("peaked", "small")
+ACCURACY_TRANSFORMS = ("scale-invariant", "none", "alibi")
+
+
+@dataclass(kw_only=True)
+class AccuracyBenchConfig:
+    """Accuracy on peaked attention against the float64 formula (:mod:`siattn.benchmarking.accuracy`)."""
+
+    device: str = option("cuda", "where the backends run", choices=("cuda", "cpu"))
+    suite: str = option("peaked", "the cases: peaked (one and 16 queries over 9,000 keys, 1,024 queries GQA 8:2, "
+                        "4,096 queries; the GPU suite) or small (CPU-sized versions of the same)",
+                        choices=ACCURACY_SUITES)
+    backends: str = option("triton,chunked", "backends to hold to the plain formula, comma separated")
+    dtype: str = option("bfloat16", "input dtype of the backends and of the plain formula",
+                        choices=("bfloat16", "float16"))
+    transforms: str = option("scale-invariant,none", "logit transforms, comma separated, from "
+                             f"{ACCURACY_TRANSFORMS}")
+    seeds: int = option(3, "input seeds 0 .. N−1 per case", min=1)
+    tau: float = option(DEFAULT_TAU, "τ of the scale-invariant transform", min=0.0, min_open=True)
+    row_term: str = option("auto", "the triton backward's row term (siattn.KernelOptions.row_term)",
+                           choices=("auto", "output", "exact"))
+    factor: float = option(2.0, "a backend passes when its error is at most factor × the plain formula's (+ "
+                           "float32 eps)", min=1.0)
+    out: str | None = option(None, "write the rows as JSON here")
+    md: str | None = option(None, "write a Markdown table here")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        for name in self.transforms.split(","):
+            if name.strip() not in ACCURACY_TRANSFORMS:
+                raise ValueError(f"transforms must name some of {ACCURACY_TRANSFORMS}, got {name.strip()!r}")

@@ -22,12 +22,14 @@ reference backend is skipped where its score matrices would pass ``--memory-cap-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from siattn.backends.options import KernelOptions
-from siattn.benchmarking.config import AttentionBenchConfig
+from siattn.benchmarking import accuracy as accuracy_module
+from siattn.benchmarking.config import AccuracyBenchConfig, AttentionBenchConfig
 from siattn.benchmarking.cpu import reference_bytes, run_case_subprocess
 from siattn.benchmarking.cuda import add_ratios, copy_bandwidth, sdpa_default_kernels, time_decode, time_prefill
 from siattn.benchmarking.environment import versions
@@ -221,7 +223,41 @@ def cpu_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _accuracy_main(args: AccuracyBenchConfig, _: argparse.Namespace | None = None) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from siattn.backends import LogitTransform
+    from siattn.errors import UsageError, check_output_folder
+    from siattn.io import markdown_table
+
+    for name in ("out", "md"):
+        check_output_folder(f"--{name}", Path(getattr(args, name)).parent if getattr(args, name) else None)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device is cuda but CUDA is not available here; pass --device cpu (with --suite small)")
+    cases = accuracy_module.PEAKED_CASES if args.suite == "peaked" else accuracy_module.SMALL_PEAKED_CASES
+    transforms = [LogitTransform(t.strip(), tau=args.tau) for t in args.transforms.split(",")]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    dtype = getattr(torch, args.dtype)
+    with tqdm(total=len(cases) * len(transforms) * args.seeds, desc="accuracy", unit="case") as bar:
+        rows = accuracy_module.run_suite(cases, backends, dtype=dtype, seeds=range(args.seeds), transforms=transforms,
+                                  device=args.device, kernel=KernelOptions(row_term=args.row_term),
+                                  factor=args.factor, progress=lambda _: bar.update())
+    table = accuracy_module.rows_table(rows)
+    failed = [r for r in rows if r.failures]
+    markdown = (f"{args.dtype} inputs on {args.device}; err = max|x − x64| / max|x64|; a row fails where err > "
+                f"{args.factor} × err(plain {args.dtype} formula) + float32 eps; triton row term: {args.row_term}."
+                f"\n\n{markdown_table(table[0], table[1:])}\n\n{len(rows) - len(failed)} of {len(rows)} rows "
+                "within the bound.")
+    result = {"config": dataclasses.asdict(args), "versions": versions(), "rows": [r.as_dict() for r in rows]}
+    _write(args, result, markdown)
+    return 0
+
+
 SUBCOMMANDS: dict[str, Command] = {
     "attention": Command("attention kernels: time, TFLOP/s or GB/s, memory", AttentionBenchConfig, _attention_main,
                          description=__doc__),
+    "accuracy": Command("accuracy on peaked attention: each backend's output and gradient errors against the "
+                        "float64 formula, held to 2× those of the plain formula in the input dtype",
+                        AccuracyBenchConfig, _accuracy_main, description=accuracy_module.__doc__),
 }
