@@ -13,6 +13,8 @@ from transformers.masking_utils import AttentionMaskInterface
 from siattn.backends import run_backend
 from siattn.backends.reference import reference_attention
 from siattn.backends.transforms import LogitTransform
+from siattn.backends.varlen import same_document
+from siattn.hf.packing import packed_cu_seqlens
 from siattn.hf.rope import NO_ROPE_TYPE, P_ROPE_TYPE, current_rope_type
 from siattn.methods import Method, get_method
 from siattn.schedule import DEFAULT_TAU
@@ -232,6 +234,25 @@ SMALL_QUERY = 16
 
 
 # ----------------------------------------------------------------------------------------- attention function
+def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, transform: LogitTransform, scale: float,
+                     kwargs: dict) -> torch.Tensor | None:
+    """One packed row (position ids that restart at 0, or ``cu_seq_lens_q/k``) through the backends'
+    ``cu_seqlens`` path, each sequence attending only to itself with distances from its own start; None when the
+    inputs are not packed, or when a mask is given that is not exactly the sequences' block-diagonal causal mask
+    (padding inside the row: the general path handles it)."""
+    cu_seqlens = packed_cu_seqlens(**kwargs)
+    if cu_seqlens is None:
+        return None
+    if attention_mask is not None:
+        allowed = allowed_mask(attention_mask)
+        expected = same_document(cu_seqlens.to(query.device), query.shape[2], causal=True)
+        if not torch.equal(allowed.reshape(-1, *expected.shape).all(0), expected):
+            return None
+    return run_backend(query, key, value, transform=transform, causal=True, scale=scale,
+                       cu_seqlens=cu_seqlens.to(query.device))
+
+
 def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -241,12 +262,12 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     query (B, Hq, q, D) and key, value (B, Hkv, kv, D): rotated, cache appended, GQA heads not expanded.
     Returns (out (B, q, Hq, D), None); attention weights are never returned.
 
-    Paths: no mask → the fast backends (causal, offset from the shapes). Inside torch.compile, with attention
-    dropout, or with a mask and q <= :data:`SMALL_QUERY` rows (decoding) → one batched masked call with the offset
-    as a tensor read from the mask (no host sync, no Python loop over the cache length, so decoding compiles
-    once). Otherwise the mask's layout is read once per forward
-    (:func:`cached_mask_layout`): causal → the fast backends; one key window per row (left / right padding) →
-    :func:`key_window_attention`; anything else → the masked call.
+    Paths: one packed row (:func:`packed_attention`) → the backends' cu_seqlens path; no mask → the fast
+    backends (causal, offset from the shapes). Inside torch.compile, with attention dropout, or with a mask and q <=
+    :data:`SMALL_QUERY` rows (decoding) → one batched masked call with the offset as a tensor read from the mask (no
+    host sync, no Python loop over the cache length, so decoding compiles once). Otherwise the mask's layout is read
+    once per forward (:func:`cached_mask_layout`): causal → the fast backends; one key window per row (left / right
+    padding) → :func:`key_window_attention`; anything else → the masked call.
     """
     config = module.config
     transform = _config_transform(config)
@@ -256,6 +277,10 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     scale = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else float(scaling)
     dropout = float(dropout or 0.0)
     compiling = torch.compiler.is_compiling()
+    if not compiling and dropout == 0.0 and query.shape[0] == 1 and tq == tk:
+        packed = packed_attention(query, key, value, attention_mask, transform, scale, kwargs)
+        if packed is not None:
+            return packed.transpose(1, 2).contiguous(), None
     if attention_mask is None:
         # transformers' "is_causal" cases: q == 1 or q == kv (bottom-right), or a StaticCache prefill (top-left)
         q_offset = tk - tq if tq in (1, tk) else 0

@@ -58,3 +58,31 @@ def test_mapped_boundaries_separate_the_sequences():
     want = torch.cat([attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], method="si-nope")
                       for s, e in itertools.pairwise(cu.tolist())], dim=2)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_converted_model_runs_a_packed_row_as_its_sequences_run_alone(monkeypatch):
+    """Position ids that restart at each sequence: the bridge takes the cu_seqlens path, and each sequence's
+    logits equal those of the sequence run on its own (RoPE restarts through the ids, the transform's distances
+    through cu_seqlens)."""
+    from hf_models import tiny_llama, tokens
+
+    import siattn.hf.attention as bridge
+    from siattn import hf
+
+    calls = []
+    real = bridge.run_backend
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("cu_seqlens"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bridge, "run_backend", spy)
+    model = hf.convert(tiny_llama(), method="si-p-rope")
+    lengths = (9, 1, 14)
+    docs = [tokens(1, n, seed=i) for i, n in enumerate(lengths)]
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    with torch.no_grad():
+        packed = model(torch.cat(docs, dim=1), position_ids=position_ids).logits
+        assert [c.tolist() for c in calls] == [[0, 9, 10, 24]] * 2  # both layers took the packed path
+        alone = torch.cat([model(d).logits for d in docs], dim=1)
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
