@@ -31,7 +31,10 @@ COMMANDS: dict[str, str] = {
     "reproduce": "siattn.recipes.reproduce",
     "generate": "siattn.recipes.generate",
     "bench": "siattn.recipes.bench",
+    "hf-train": "siattn.recipes.hf_train",
 }
+OPTIONAL_COMMANDS = {"hf-train": "transformers (pip install 'siattn[hf]')"}
+"""Commands left out of the command line when the extra they import is not installed."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -74,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
+        except ImportError as err:
+            if name not in OPTIONAL_COMMANDS and getattr(err, "name", None) != module_name:
                 raise
             continue
         _add(sub, name, module.HELP, getattr(module, "SUBCOMMANDS", None) or module.COMMAND)

@@ -32,8 +32,9 @@ plain causal attention: bottom-right aligned (offset kv − q) when q == 1 or q 
 Paths (:func:`siattn.hf.attention.attention_forward`). No mask: the fast backends
 (:func:`siattn.backends.run_backend`). A mask in eager mode is read once per forward (one host sync, shared by
 the layers): the plain causal mask runs the fast backends; one key window per batch row (left or right padding,
-``generate`` on a padded batch) runs them row by row on each row's own keys; any other mask (packing, sliding
-windows) runs the masked reference path, which materialises the scores (memory O(B·H·q·kv)). Decoding steps
+``generate`` on a padded batch) runs them row by row on each row's own keys; a packed row (position ids that
+restart, or ``cu_seq_lens_q/k``) runs the backends' ``cu_seqlens`` path; any other mask (sliding windows) runs the
+masked reference path, which materialises the scores (memory O(B·H·q·kv)). Decoding steps
 (q <= 16 rows with a mask), attention dropout and every call inside ``torch.compile`` take one batched masked
 call whose offset stays a tensor: no host sync and no Python loop over the cache length, so
 ``torch.compile(model, fullgraph=True)`` captures one graph and decoding does not recompile after warm-up

@@ -1,0 +1,70 @@
+"""``siattn hf-train``: continual pre-training of a transformers model through transformers' Trainer, with the
+loss by length before and after, a model that loads back, and packed windows whose positions restart."""
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from hf_models import tiny_llama  # noqa: E402
+
+from siattn.hf.continual import PackedWindows, restarting_positions  # noqa: E402
+
+
+def test_positions_restart_at_every_end_of_document_token():
+    ids = torch.tensor([5, 6, 0, 7, 8, 9, 0, 0, 4])
+    assert restarting_positions(ids, eod_id=0).tolist() == [0, 1, 0, 1, 2, 3, 0, 0, 1]
+
+
+def test_windows_are_seeded_and_carry_restarting_positions():
+    tokens = torch.arange(1, 200) % 17
+    a = PackedWindows(tokens.numpy(), 32, 5, seed=3, eod_id=0)
+    b = PackedWindows(tokens.numpy(), 32, 5, seed=3, eod_id=0)
+    assert [a[i]["input_ids"].tolist() for i in range(5)] == [b[i]["input_ids"].tolist() for i in range(5)]
+    item = a[0]
+    assert torch.equal(item["labels"], item["input_ids"])
+    assert torch.equal(item["position_ids"], restarting_positions(item["input_ids"], 0))
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory):
+    """A tiny random Llama saved with a byte-level tokenizer's vocabulary, and a dataset prepared with it."""
+    from siattn.data import prepare_dataset
+
+    root = tmp_path_factory.mktemp("continual")
+    model = tiny_llama()
+    model.resize_token_embeddings(257)
+    model.config.vocab_size = 257
+    model.save_pretrained(root / "model")
+    src = root / "text"
+    src.mkdir()
+    for i in range(6):
+        (src / f"doc{i}.txt").write_text("".join(f"line {j} of document {i}.\n" for j in range(300)))
+    data = prepare_dataset(str(src), root / "data", tokenizer="bytes", progress=False).parent
+    return root, data
+
+
+@pytest.mark.parametrize("method", ["si-p-rope", "rope"])
+def test_hf_train_reports_loss_by_length_and_saves_a_model_that_loads_back(model_and_data, method, capsys):
+    from siattn.cli import main
+    from siattn.hf.continual import loss_by_length
+    from siattn.hf.models import load_model
+
+    root, data = model_and_data
+    out = root / f"run-{method}"
+    code = main(["hf-train", "--model", str(root / "model"), "--data", str(data), "--method", method,
+                 "--seq-len", "32", "--steps", "3", "--batch-size", "2", "--lr", "1e-3", "--warmup-steps", "0",
+                 "--eval-multipliers", "1,4", "--eval-tokens", "256", "--no-progress", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    assert result["lengths"] == [32, 128] and set(result["before"]) == set(result["after"]) == {"32", "128"}
+    assert result["after"]["32"] < result["before"]["32"]  # three steps at lr 1e-3 on repetitive text
+    assert any("loss" in row for row in result["history"])
+    reloaded = load_model(out / "model")
+    assert (getattr(reloaded.config, "siattn_method", None) == "si-p-rope") == (method == "si-p-rope")
+    from siattn.data import TokenDataset
+
+    again = loss_by_length(reloaded, TokenDataset(data).val, [32], 256, progress=False)
+    assert again["32"] == pytest.approx(result["after"]["32"], abs=1e-4)
