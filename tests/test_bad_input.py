@@ -202,6 +202,8 @@ BASE: dict[str, list[str]] = {
     "analyze model": ["--checkpoint", "{missing}"],
     "generate": ["--checkpoint", "{missing}", "--prompt", "hi"],
     "bench attention": ["--out", "{file}/x/result.json"],
+    "bench accuracy": ["--device", "cpu", "--out", "{file}/x/result.json"],
+    "hf-train": ["--model", "{missing}", "--data", "{missing}", "--out", "{tmp}/hf-train"],
     "reproduce": ["cpu-tiny", "--out", "{tmp}/reproduce"],
 }
 # commands whose numeric options are exempt from the sweep (none: every option gets a check)

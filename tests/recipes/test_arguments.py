@@ -27,6 +27,7 @@ COMMANDS: dict[str, list[str]] = {
     "data prepare": ["some/folder"],
     "data info": ["some/dataset"],
     "reproduce": ["cpu-tiny", "--next", "2"],
+    "hf-train": ["--model", "models/m", "--data", "data_cache/d"],
 }
 
 
