@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from siattn.evaluation.checkpoints import Checkpoint, is_hf_model_dir, register_checkpoint_loader
 from siattn.hf.registration import DEFAULT_NAME, register
+from siattn.model.gpt import next_token_loss
 
 
 class CausalLMAdapter(nn.Module):
@@ -60,12 +60,7 @@ class CausalLMAdapter(nn.Module):
         logits = self.hf_model(input_ids=idx, use_cache=False).logits.float()
         if targets is None:
             return logits, None
-        batch, length = idx.shape
-        losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
-                                 reduction="none").view(batch, length)
-        if return_per_token_loss:
-            return logits, losses
-        return logits, losses.sum() / (targets != -1).sum().clamp(min=1)
+        return logits, next_token_loss(logits, targets, per_token=return_per_token_loss)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,

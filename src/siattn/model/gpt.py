@@ -146,6 +146,17 @@ class Block(nn.Module):
         return x + self.mlp(norm(x))
 
 
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, *, per_token: bool = False) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (B, T, V) float32 against ``targets`` (B, T), −1 = not scored: the mean in
+    nats/token over scored targets, or with ``per_token`` the (B, T) losses (0 where the target is −1)."""
+    batch, length = targets.shape
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                             reduction="none").view(batch, length)
+    if per_token:
+        return losses
+    return losses.sum() / (targets != -1).sum().clamp(min=1)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -209,7 +220,7 @@ class GPT(nn.Module):
         attention stays within each document and rotary positions restart at each one, so every document's logits
         are those of the document run alone; ``context_length`` then defaults to the longest document.
         """
-        B, T = idx.shape
+        T = idx.shape[1]
         start = kv_cache.length if kv_cache is not None else 0
         if cu_seqlens is None:
             rotary = self.rotary_cos_sin(start, T, context_length or start + T, idx.device)
@@ -223,11 +234,7 @@ class GPT(nn.Module):
         logits = self.lm_head(norm(x)).float()  # (B, T, V)
         if targets is None:
             return logits, None
-        losses = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
-                                 reduction="none").view(B, T)
-        if return_per_token_loss:
-            return logits, losses
-        return logits, losses.sum() / (targets != -1).sum().clamp(min=1)
+        return logits, next_token_loss(logits, targets, per_token=return_per_token_loss)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
