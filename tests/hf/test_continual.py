@@ -68,3 +68,26 @@ def test_hf_train_reports_loss_by_length_and_saves_a_model_that_loads_back(model
 
     again = loss_by_length(reloaded, TokenDataset(data).val, [32], 256, progress=False)
     assert again["32"] == pytest.approx(result["after"]["32"], abs=1e-4)
+
+
+def test_hf_train_runs_on_two_processes_through_torchrun(model_and_data):
+    """Two CPU processes (gloo): the Trainer splits the global batch between them, and one result and one model
+    are written."""
+    import os
+    import subprocess
+    import sys
+
+    root, data = model_and_data
+    out = root / "run-two"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, ["src", os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "siattn",
+           "hf-train", "--model", str(root / "model"), "--data", str(data), "--seq-len", "32", "--steps", "3",
+           "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "0", "--eval-multipliers", "1", "--eval-tokens",
+           "128", "--no-progress", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["processes"] == 2
+    assert result["after"]["32"] < result["before"]["32"]
+    assert (out / "model" / "config.json").exists()

@@ -196,7 +196,8 @@ def continual_pretrain(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]
     result: dict[str, Any] = {
         "config": dataclasses.asdict(cfg), "lengths": lengths, "eval_tokens": n_eval, "before": before,
         "after": after, "train_loss": train_output.training_loss, "history": history,
-        "tokens": cfg.steps * cfg.batch_size * cfg.seq_len, "seconds": round(time.perf_counter() - t0, 1),
+        "tokens": cfg.steps * cfg.batch_size * cfg.seq_len, "processes": world,
+        "seconds": round(time.perf_counter() - t0, 1),
         "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
     }
     if trainer.is_world_process_zero():
