@@ -20,7 +20,6 @@ compare loss by length), for any Llama-family model:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -31,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from siattn.backends.varlen import positions_in_documents
+from siattn.data.loader import pack_rows
 from siattn.options import check_options, option
 from siattn.positional.rope import scaled_p_rope_base
 from siattn.schedule import DEFAULT_TAU
@@ -99,10 +100,10 @@ class PackedWindows(torch.utils.data.Dataset):
 
 
 def restarting_positions(ids: torch.Tensor, eod_id: int) -> torch.Tensor:
-    """Position ids (T,) that count from 0 at the start and again from every end-of-document token in ``ids``."""
-    index = torch.arange(len(ids))
-    starts = torch.where(ids == eod_id, index, torch.zeros_like(index))
-    return index - torch.cummax(starts, 0).values
+    """Position ids (T,) that count from 0 at the start and again from every end-of-document token in ``ids``:
+    the positions within the documents :func:`siattn.data.pack_rows` finds."""
+    _, _, cu_seqlens = pack_rows(ids[None], ids[None], eod_id)
+    return positions_in_documents(cu_seqlens.long(), len(ids))
 
 
 def load_pretrained(path: str, dtype: torch.dtype | None = None) -> torch.nn.Module:
@@ -216,7 +217,3 @@ def recovered(result: dict[str, Any], baseline: dict[str, Any], tolerance: float
     length = str(result["lengths"][0])
     return math.isfinite(result["after"][length]) and (
         result["after"][length] <= baseline["before"][length] * (1 + tolerance))
-
-
-def read_result(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "result.json").read_text())
