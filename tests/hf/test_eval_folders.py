@@ -66,3 +66,14 @@ def test_needle_command_accepts_a_model_folder(model_dir, byte_data, tmp_path):
                  "--no-finetune", "--no-progress"]) == 0
     (entry,) = json.loads((out / "passkey.json").read_text())["checkpoints"].values()
     assert entry["method"] == "si-p-rope" and "zero-shot" in entry["stages"]
+
+
+def test_needle_attention_trials_refuse_a_model_folder_before_evaluating(model_dir, byte_data, tmp_path, capsys):
+    """The attention measurement hooks siattn GPT layers: a model folder is refused before any trial runs."""
+    out = tmp_path / "needle"
+    assert main(["needle", "--checkpoint", str(model_dir), "--data", str(byte_data), "--out", str(out),
+                 "--task", "passkey", "--tokenizer", "bytes", "--trials", "1", "--multipliers", "1",
+                 "--no-finetune", "--attention-trials", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "attention_trials" in err and "siattn GPT checkpoint" in err
+    assert not (out / "passkey.json").exists()

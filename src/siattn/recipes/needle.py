@@ -125,8 +125,6 @@ def run_stage(args: NeedleConfig, stage: str, model: Any, *, ckpt: Checkpoint, t
     else:
         from siattn.analysis.needle_attention import NeedleAttentionConfig, needle_attention
 
-        if not hasattr(model, "transformer"):
-            raise UsageError("attention_trials needs a siattn GPT checkpoint (the measurement hooks its layers)")
         cfg = NeedleAttentionConfig(lengths=tuple(lengths), trials=args.attention_trials, seed=args.seed)
         st["attention"] = needle_attention(model, task, cfg)
         for length, cell in st["attention"]["lengths"].items():
@@ -162,6 +160,9 @@ def main(args: NeedleConfig, _: argparse.Namespace | None = None) -> int:
     tokenizer_override = load_tokenizer(args.tokenizer) if args.tokenizer else None
 
     for ckpt in load_checkpoints(args.checkpoint, device, args.labels, args.attn_backend, args.method):
+        if args.attention_trials and not hasattr(ckpt.model, "transformer"):  # refused before any evaluation
+            raise UsageError(f"attention_trials needs a siattn GPT checkpoint (the measurement hooks its layers); "
+                             f"{ckpt.label} is not one")
         needs_data = task_name == "needle" or tokenizer_override is None
         ds = open_validation_data(args.data, ckpt) if needs_data else None
         tokenizer = tokenizer_override or ds.tokenizer
