@@ -347,6 +347,8 @@ def test_bad_arguments_fail_before_the_model_changes():
         hf.convert(model, method="si-p-rope", p_rope_fraction=0.1)
     with pytest.raises(ValueError, match="method must be one of"):
         hf.convert(model, method="nonsense")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        hf.convert(model, method="si-p-rope", backend="fastest")
     assert not hasattr(model.config, "siattn_method")
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, ROPE_10K)
 
@@ -374,3 +376,35 @@ def test_padded_prefill_runs_row_windows_without_materialising(side, monkeypatch
     assert layout.kind == "windows" and layout.q_offset == 0
     assert layout.starts == ((0, 9) if side == "left" else (0, 0)) and layout.ends == ((30, 30) if side == "left"
                                                                                         else (30, 21))
+
+
+@pytest.mark.parametrize("batch", ["causal", "left-padded", "packed"])
+def test_backend_option_picks_the_backend_of_every_fast_path(batch, monkeypatch, tmp_path):
+    """convert(backend=...) is saved in the config and reaches every fast-backend call (no mask, padding
+    windows, packed rows); the logits equal those of the default backend."""
+    ids = tokens(2, 24)
+    kwargs = {}
+    if batch == "left-padded":
+        kwargs["attention_mask"] = torch.ones_like(ids)
+        kwargs["attention_mask"][1, :5] = 0
+    elif batch == "packed":
+        ids = ids[:1]
+        kwargs["position_ids"] = torch.cat((torch.arange(10), torch.arange(14)))[None]
+    with torch.no_grad():
+        expected = hf.convert(tiny_llama(), method="si-p-rope")(ids, **kwargs).logits
+    model = hf.convert(tiny_llama(), method="si-p-rope", backend="reference")
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="siattn").eval()
+    assert reloaded.config.siattn_backend == "reference"
+    seen = []
+
+    def spy(*args, backend="auto", **kw):
+        seen.append(backend)
+        return run_backend(*args, backend=backend, **kw)
+
+    monkeypatch.setattr(hfa, "run_backend", spy)
+    with torch.no_grad():
+        got = reloaded(ids, **kwargs).logits
+    assert seen and set(seen) == {"reference"}
+    real = kwargs.get("attention_mask", torch.ones_like(ids)).bool()  # logits at padded slots are not compared
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)

@@ -192,7 +192,7 @@ def left_padding(allowed: torch.Tensor, q_offset: int) -> list[int] | None:
 
 def key_window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, starts: tuple[int, ...],
                          ends: tuple[int, ...], transform: LogitTransform, q_offset: int, scale: float,
-                         ) -> torch.Tensor:
+                         backend: str = "auto") -> torch.Tensor:
     """Causal attention where batch row b sees only key slots [starts[b], ends[b]) (left / right padding), through
     the fast backends one row at a time on its own keys: nothing is materialised. Query rows whose slot precedes
     starts[b] see no key and give 0, as in the masked path; distances stay slot distances."""
@@ -206,15 +206,17 @@ def key_window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
             continue
         out[b:b + 1, :, first:] = run_backend(
             query[b:b + 1, :, first:], key[b:b + 1, :, start:end], value[b:b + 1, :, start:end],
-            transform=transform, q_offset=q_offset + first - start, causal=True, scale=scale)
+            transform=transform, q_offset=q_offset + first - start, causal=True, scale=scale, backend=backend)
     return out
 
 
 def left_padded_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, pads: list[int],
-                          transform: LogitTransform, q_offset: int, scale: float) -> torch.Tensor:
+                          transform: LogitTransform, q_offset: int, scale: float, backend: str = "auto",
+                          ) -> torch.Tensor:
     """Left-padded rows (p_b padded key slots in row b) through :func:`key_window_attention`."""
     tk = key.shape[2]
-    return key_window_attention(query, key, value, tuple(pads), (tk,) * len(pads), transform, q_offset, scale)
+    return key_window_attention(query, key, value, tuple(pads), (tk,) * len(pads), transform, q_offset, scale,
+                                backend)
 
 
 def masked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor,
@@ -236,7 +238,7 @@ SMALL_QUERY = 16
 # ----------------------------------------------------------------------------------------- attention function
 def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, transform: LogitTransform, scale: float,
-                     kwargs: dict) -> torch.Tensor | None:
+                     kwargs: dict, backend: str = "auto") -> torch.Tensor | None:
     """One packed row (position ids that restart at 0, or ``cu_seq_lens_q/k``) through the backends'
     ``cu_seqlens`` path, each sequence attending only to itself with distances from its own start; None when the
     inputs are not packed, or when a mask is given that is not exactly the sequences' block-diagonal causal mask
@@ -249,7 +251,7 @@ def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         expected = same_document(cu_seqlens.to(query.device), query.shape[2], causal=True)
         if not torch.equal(allowed.reshape(-1, *expected.shape).all(0), expected):
             return None
-    return run_backend(query, key, value, transform=transform, causal=True, scale=scale,
+    return run_backend(query, key, value, transform=transform, causal=True, scale=scale, backend=backend,
                        cu_seqlens=cu_seqlens.to(query.device))
 
 
@@ -257,7 +259,8 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
     """The function registered in ``AttentionInterface``: siattn attention with the method and tau of
-    ``module.config`` (``siattn_method``, default "si-p-rope"; ``siattn_tau``, default 10).
+    ``module.config`` (``siattn_method``, default "si-p-rope"; ``siattn_tau``, default 10) on the backend
+    ``config.siattn_backend`` (default "auto", as :func:`siattn.backends.run_backend`) where a fast backend runs.
 
     query (B, Hq, q, D) and key, value (B, Hkv, kv, D): rotated, cache appended, GQA heads not expanded.
     Returns (out (B, q, Hq, D), None); attention weights are never returned.
@@ -271,6 +274,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     """
     config = module.config
     transform = _config_transform(config)
+    backend = getattr(config, "siattn_backend", "auto")
     _check_mask_registered(config)
     _check_call_features(kwargs)
     tq, tk = query.shape[2], key.shape[2]
@@ -278,14 +282,15 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     dropout = float(dropout or 0.0)
     compiling = torch.compiler.is_compiling()
     if not compiling and dropout == 0.0 and query.shape[0] == 1 and tq == tk:
-        packed = packed_attention(query, key, value, attention_mask, transform, scale, kwargs)
+        packed = packed_attention(query, key, value, attention_mask, transform, scale, kwargs, backend)
         if packed is not None:
             return packed.transpose(1, 2).contiguous(), None
     if attention_mask is None:
         # transformers' "is_causal" cases: q == 1 or q == kv (bottom-right), or a StaticCache prefill (top-left)
         q_offset = tk - tq if tq in (1, tk) else 0
         if dropout == 0.0 and not compiling:
-            out = run_backend(query, key, value, transform=transform, q_offset=q_offset, causal=True, scale=scale)
+            out = run_backend(query, key, value, transform=transform, q_offset=q_offset, causal=True, scale=scale,
+                              backend=backend)
         else:  # inside torch.compile the cache length may be symbolic: no Python loop over it
             allowed = causal_mask(q_offset, tq, tk, query.device)[None, None]
             out = masked_attention(query, key, value, allowed, transform, q_offset, scale, dropout)
@@ -298,9 +303,10 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     layout = cached_mask_layout(attention_mask, allowed)
     if layout.kind == "causal":
         out = run_backend(query, key, value, transform=transform, q_offset=layout.q_offset, causal=True,
-                          scale=scale)
+                          scale=scale, backend=backend)
     elif layout.kind == "windows":
-        out = key_window_attention(query, key, value, layout.starts, layout.ends, transform, layout.q_offset, scale)
+        out = key_window_attention(query, key, value, layout.starts, layout.ends, transform, layout.q_offset, scale,
+                                   backend)
     else:
         out = masked_attention(query, key, value, allowed, transform, layout.q_offset, scale, dropout)
     return out.transpose(1, 2).contiguous(), None

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from siattn.backends import backend_names
 from siattn.hf.attention import DEFAULT_METHOD, check_method, check_model_features, expected_rope_type
 from siattn.hf.registration import DEFAULT_NAME, register
 from siattn.hf.rope import (
@@ -74,10 +75,11 @@ def _set_attn_implementation(model: Any, config: Any, name: str) -> None:
 
 def convert(model: torch.nn.Module, *, method: str = DEFAULT_METHOD, tau: float = DEFAULT_TAU,
             p_rope_base: float | None = None, p_rope_fraction: float = 0.5, attn_name: str = DEFAULT_NAME,
-            ) -> torch.nn.Module:
+            backend: str = "auto") -> torch.nn.Module:
     """Switch a transformers causal LM to siattn attention in place and return it.
 
-    Sets ``config.siattn_method`` / ``config.siattn_tau`` (saved by ``save_pretrained``), the rotary the method
+    Sets ``config.siattn_method`` / ``config.siattn_tau`` / ``config.siattn_backend`` (saved by ``save_pretrained``;
+    ``backend`` as ``backend=`` of :func:`siattn.backends.run_backend`, "auto" picks per call), the rotary the method
     needs, and the attention implementation ``attn_name`` (registered here). p-RoPE methods get the rope dict of
     :func:`siattn.hf.rope.p_rope_parameters` (``p_rope_base``, ``p_rope_fraction``, stored as transformers'
     ``proportional`` type where it exists) with base defaulting to :func:`default_p_rope_base`
@@ -90,6 +92,8 @@ def convert(model: torch.nn.Module, *, method: str = DEFAULT_METHOD, tau: float 
     check_method(resolved)
     if isinstance(tau, bool) or not isinstance(tau, int | float) or not (math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+    if backend not in backend_names():
+        raise ValueError(f"backend must be one of {backend_names()}, got {backend!r}")
     config = _text_config(model)
     check_model_features(config)
     current = rope_params(config) or {}
@@ -122,5 +126,6 @@ def convert(model: torch.nn.Module, *, method: str = DEFAULT_METHOD, tau: float 
     for cfg in {id(c): c for c in (config, model.config)}.values():
         cfg.siattn_method = resolved.name
         cfg.siattn_tau = float(tau)
+        cfg.siattn_backend = backend
     _set_attn_implementation(model, config, attn_name)
     return model
