@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -49,7 +50,7 @@ def batches(length: int, seed: int) -> dict[str, dict]:
     padded = torch.ones_like(ids)
     padded[1, : length // 3] = 0
     cuts = [0, length // 5, length // 5 + 1, length // 2, length]  # one single-token document
-    positions = torch.cat([torch.arange(b - a) for a, b in zip(cuts, cuts[1:])])[None]
+    positions = torch.cat([torch.arange(b - a) for a, b in itertools.pairwise(cuts)])[None]
     return {
         "causal": {"ids": ids, "kwargs": {}, "real": torch.ones_like(ids, dtype=torch.bool)},
         "left-padded": {"ids": ids, "kwargs": {"attention_mask": padded}, "real": padded.bool()},
@@ -86,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=None, help="folder for hf_bridge_accuracy.json and .md")
     args = parser.parse_args(argv)
+    from siattn.backends import LogitTransform, choose_backend
     from siattn.benchmarking.environment import versions
     from siattn.io import markdown_table, write_json, write_text
-
-    from siattn.backends import LogitTransform, choose_backend
 
     dtype = getattr(torch, args.dtype)
     probe = torch.zeros(1, 9, 8, 64, device=args.device, dtype=dtype)
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
         meta = {"command": " ".join(["benchmarks/hf_bridge_accuracy.py", *(argv or sys.argv[1:])]),
-                "device": device, "auto_backend": auto, "versions": versions(), "settings": vars(args) | {"out": str(args.out)}}
+                "device": device, "auto_backend": auto, "versions": versions(),
+                "settings": vars(args) | {"out": str(args.out)}}
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(args.out / "hf_bridge_accuracy.json", meta | {"rows": rows})
         write_text(args.out / "hf_bridge_accuracy.md", table + "\n")
