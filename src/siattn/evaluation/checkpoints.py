@@ -89,6 +89,12 @@ def is_hf_model_dir(path: str | Path) -> bool:
         return False
 
 
+def is_siattn_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` loads as a siattn GPT checkpoint rather than through a registered other format (no weights
+    are read)."""
+    return _other_loader(path) is None
+
+
 def _other_loader(path: str | Path) -> CheckpointLoader | None:
     for entry in CHECKPOINT_LOADERS:
         if entry.accepts(path):

@@ -211,12 +211,10 @@ def key_window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
 
 
 def left_padded_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, pads: list[int],
-                          transform: LogitTransform, q_offset: int, scale: float, backend: str = "auto",
-                          ) -> torch.Tensor:
+                          transform: LogitTransform, q_offset: int, scale: float) -> torch.Tensor:
     """Left-padded rows (p_b padded key slots in row b) through :func:`key_window_attention`."""
     tk = key.shape[2]
-    return key_window_attention(query, key, value, tuple(pads), (tk,) * len(pads), transform, q_offset, scale,
-                                backend)
+    return key_window_attention(query, key, value, tuple(pads), (tk,) * len(pads), transform, q_offset, scale)
 
 
 def masked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor,

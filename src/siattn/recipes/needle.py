@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from siattn.errors import UsageError
-from siattn.evaluation.checkpoints import Checkpoint, load_checkpoints, open_validation_data, resolve_device
+from siattn.evaluation.checkpoints import (
+    Checkpoint,
+    is_siattn_checkpoint,
+    load_checkpoints,
+    open_validation_data,
+    resolve_device,
+)
 from siattn.evaluation.config import NeedleConfig
 from siattn.evaluation.lengths import eval_lengths, length_label
 from siattn.io import command_line, markdown_table, read_json, write_json, write_text
@@ -158,11 +164,12 @@ def main(args: NeedleConfig, _: argparse.Namespace | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"), "checkpoints": {},
     }
     tokenizer_override = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    foreign = [path for path in args.checkpoint if not is_siattn_checkpoint(path)] if args.attention_trials else []
+    if foreign:  # refused before any checkpoint is loaded or evaluated
+        raise UsageError(f"attention_trials needs siattn GPT checkpoints (the measurement hooks their layers); "
+                         f"not one: {', '.join(map(str, foreign))}")
 
     for ckpt in load_checkpoints(args.checkpoint, device, args.labels, args.attn_backend, args.method):
-        if args.attention_trials and not hasattr(ckpt.model, "transformer"):  # refused before any evaluation
-            raise UsageError(f"attention_trials needs a siattn GPT checkpoint (the measurement hooks its layers); "
-                             f"{ckpt.label} is not one")
         needs_data = task_name == "needle" or tokenizer_override is None
         ds = open_validation_data(args.data, ckpt) if needs_data else None
         tokenizer = tokenizer_override or ds.tokenizer
