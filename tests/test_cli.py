@@ -34,3 +34,20 @@ def test_unknown_command_exits_with_usage(capsys):
         main(["frobnicate"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_optional_command_without_its_extra_says_what_to_install():
+    """Without transformers, `siattn hf-train` is left out of the command line and asking for it names the extra;
+    the other commands still load."""
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "from siattn.cli import main\n"
+            "main(['eval', '--help'])\n")  # argparse prints the help and exits 0
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--checkpoint" in proc.stdout, proc.stderr
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "from siattn.cli import main\n"
+            "sys.exit(main(['hf-train', '--steps', '1']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("siattn hf-train: error: ") and "transformers" in line and "pip install 'siattn[hf]'" in line

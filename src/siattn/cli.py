@@ -33,8 +33,8 @@ COMMANDS: dict[str, str] = {
     "bench": "siattn.recipes.bench",
     "hf-train": "siattn.recipes.hf_train",
 }
-OPTIONAL_COMMANDS = {"hf-train": "transformers (pip install 'siattn[hf]')"}
-"""Commands left out of the command line when the extra they import is not installed."""
+OPTIONAL_COMMANDS = {"hf-train": ("transformers", "pip install 'siattn[hf]'")}
+"""Commands left out of the command line when the package of their extra is not installed: (package, install)."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -66,6 +66,15 @@ def _add(sub: argparse._SubParsersAction, name: str, help_: str, spec: Any) -> N
     parser._siattn_command = spec
 
 
+def _caused_by_package(err: BaseException | None, package: str) -> bool:
+    """Whether an import error, or one it was raised from, is ``package`` missing or too old to import from."""
+    while err is not None:
+        if isinstance(err, ImportError) and (err.name or "").split(".")[0] == package:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="siattn",
@@ -74,11 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"siattn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser._siattn_missing = {}  # optional commands left out: name -> what to install
     for name, module_name in COMMANDS.items():
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
-            if name not in OPTIONAL_COMMANDS and getattr(err, "name", None) != module_name:
+            package, install = OPTIONAL_COMMANDS.get(name, (None, None))
+            if package is not None and _caused_by_package(err, package):
+                text = _one_line(err)
+                parser._siattn_missing[name] = text if install in text else f"{text} ({install})"
+            elif getattr(err, "name", None) != module_name:
                 raise
             continue
         _add(sub, name, module.HELP, getattr(module, "SUBCOMMANDS", None) or module.COMMAND)
@@ -142,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv and argv[0] in parser._siattn_missing:
+        print(f"siattn {argv[0]}: error: {parser._siattn_missing[argv[0]]}", file=sys.stderr)
+        return 2
     node, words, _ = _find(argv, parser)
     prog = " ".join(["siattn", *words])
     command = getattr(node, "_siattn_command", None)
