@@ -13,8 +13,8 @@ compare loss by length), for any Llama-family model:
    windows of ``seq_len`` tokens of a prepared dataset (``siattn data prepare TEXT --tokenizer hf:MODEL``). With
    ``pack_documents`` the position ids restart at every end-of-document token, so each document attends only to
    itself (one packed row per forward: the bridge's ``cu_seqlens`` path);
-5. the loss by length again, the model saved with its tokenizer to ``OUT/model`` (it loads back with
-   :func:`siattn.hf.models.load_model`), and ``OUT/result.json``.
+5. the loss by length again, the model saved with its tokenizer to ``OUT/model`` (the folder replaced whole; it
+   loads back with :func:`siattn.hf.models.load_model`), and ``OUT/result.json``.
 """
 
 from __future__ import annotations
@@ -106,32 +106,35 @@ def restarting_positions(ids: torch.Tensor, eod_id: int) -> torch.Tensor:
     return positions_in_documents(cu_seqlens.long(), len(ids))
 
 
+def pretrained_source(path: str) -> tuple[str, dict[str, Any]]:
+    """``from_pretrained``'s location and keywords for a model folder or a ``.gguf`` file (the folder holding it,
+    ``gguf_file=`` its name), offline."""
+    p = Path(path).expanduser()
+    if p.suffix == ".gguf":
+        return str(p.parent), {"gguf_file": p.name, "local_files_only": True}
+    return str(p), {"local_files_only": True}
+
+
 def load_pretrained(path: str, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """A causal LM from a folder or a ``.gguf`` file (the folder holding it, ``gguf_file=`` its name), offline."""
+    """A causal LM from a folder or a ``.gguf`` file (:func:`pretrained_source`)."""
     from transformers import AutoModelForCausalLM
 
-    p = Path(path).expanduser()
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if p.suffix != ".gguf":
-        return AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, **kwargs)
+    location, kwargs = pretrained_source(path)
+    model = AutoModelForCausalLM.from_pretrained(location, **kwargs, **({} if dtype is None else {"dtype": dtype}))
     # transformers dequantises a GGUF file's weights into ordinary float tensors; the quantisation markers it
     # leaves on the model would only make the Trainer refuse to train them
-    if all(t.is_floating_point() for t in model.state_dict().values()):
+    if "gguf_file" in kwargs and all(t.is_floating_point() for t in model.state_dict().values()):
         model.is_quantized = False
         model.hf_quantizer = None
     return model
 
 
 def load_pretrained_tokenizer(path: str) -> Any:
+    """The tokenizer of a model folder or a ``.gguf`` file (:func:`pretrained_source`)."""
     from transformers import AutoTokenizer
 
-    p = Path(path).expanduser()
-    if p.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name, local_files_only=True)
-    return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    location, kwargs = pretrained_source(path)
+    return AutoTokenizer.from_pretrained(location, **kwargs)
 
 
 def loss_by_length(model: torch.nn.Module, tokens: Any, lengths: list[int], n_tokens: int, progress: bool
@@ -152,6 +155,7 @@ def continual_pretrain(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]
     from transformers import Trainer, TrainingArguments
 
     from siattn.data import TokenDataset
+    from siattn.fileutil import write_folder
     from siattn.hf import convert
     from siattn.io import write_json
 
@@ -202,13 +206,18 @@ def continual_pretrain(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]
         "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
     }
     if trainer.is_world_process_zero():
-        model.save_pretrained(out / "model")
-        try:
-            load_pretrained_tokenizer(cfg.model).save_pretrained(out / "model")
-        except (OSError, ValueError) as err:  # a model folder without a tokenizer: the dataset's serves
-            log(f"no tokenizer saved with the model ({cfg.model} has none transformers can load: {err})")
+        write_folder(out / "model", lambda folder: save_model(model, cfg.model, folder, log))
         write_json(out / "result.json", result)
     return result
+
+
+def save_model(model: torch.nn.Module, source: str, folder: Path, log: Any = print) -> None:
+    """``model`` with the tokenizer of ``source`` (its model folder or .gguf file) into ``folder``."""
+    model.save_pretrained(folder)
+    try:
+        load_pretrained_tokenizer(source).save_pretrained(folder)
+    except (OSError, ValueError) as err:  # a model folder without a tokenizer: the dataset's serves
+        log(f"no tokenizer saved with the model ({source} has none transformers can load: {err})")
 
 
 def recovered(result: dict[str, Any], baseline: dict[str, Any], tolerance: float = 0.02) -> bool:

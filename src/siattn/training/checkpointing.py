@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from siattn.data.tokenizer import sha256_file
-from siattn.fileutil import remove_stale_temporaries, temporary_name
+from siattn.fileutil import fsync_dir, remove_stale_temporaries, temporary_name, write_folder
 from siattn.methods import evaluation_method
 from siattn.model import GPT, GPTConfig
 from siattn.training.config import TrainConfig
@@ -53,14 +53,6 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, truncated, corrupt or of an unknown format."""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -76,7 +68,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 # ---- optimiser state <-> (tensors, JSON) ----
@@ -159,28 +151,9 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, config: GPTConf
     returning {name: torch optimizer state_dict} (an :class:`~siattn.training.optim.OptimizerSet`).
     ``extra_files`` {name: source path} are copied in (e.g. the tokenizer, so a checkpoint stands alone).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        _write_checkpoint_files(tmp, model=model, config=config, optimizer=optimizer, train_config=train_config,
-                                step=step, loader_state=loader_state, metrics=metrics, extra=extra,
-                                save_rng=save_rng, extra_files=extra_files)
-    except BaseException:  # a full disk, a signal, anything: no half-written temporary folder stays behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside first
-        old = temporary_name(path, "old")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
+    return write_folder(path, lambda tmp: _write_checkpoint_files(
+        tmp, model=model, config=config, optimizer=optimizer, train_config=train_config, step=step,
+        loader_state=loader_state, metrics=metrics, extra=extra, save_rng=save_rng, extra_files=extra_files))
 
 
 def _write_checkpoint_files(tmp: Path, *, model: torch.nn.Module, config: GPTConfig, optimizer: Any | None,
@@ -212,7 +185,7 @@ def _write_checkpoint_files(tmp: Path, *, model: torch.nn.Module, config: GPTCon
         state["files"][name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
     _write_bytes(tmp / STATE_FILE, json.dumps(state, indent=1).encode())
     _write_bytes(tmp / COMPLETE, b"ok\n")
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
 
 
 def save_run_checkpoint(run_dir: str | Path, step: int, keep: int = 2, *, base_step: int | None = None,
