@@ -41,6 +41,8 @@ def main() -> int:
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--micro-batch-size", type=int, default=None,
+                   help="sequences per forward, packed into one row (default: the whole batch)")
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--eval-tokens", type=int, default=1 << 17)
     p.add_argument("--out", default="runs/continual-pretraining")
@@ -55,7 +57,8 @@ def main() -> int:
     results = {}
     for method in ("si-p-rope", "rope"):
         cfg = ContinualConfig(model=model, data=str(data), method=method, seq_len=args.seq_len, steps=args.steps,
-                              batch_size=args.batch_size, lr=args.lr, eval_tokens=args.eval_tokens,
+                              batch_size=args.batch_size,
+                              micro_batch_size=args.micro_batch_size or args.batch_size, lr=args.lr, eval_tokens=args.eval_tokens,
                               out=str(out / method))
         results[method] = continual_pretrain(cfg)
     lengths = results["rope"]["lengths"]
@@ -69,13 +72,19 @@ def main() -> int:
     write_text(out / "table.md", table + f"\n\nsi-p-rope back within 2% of the unconverted loss at {lengths[0]}: "
                f"{'yes' if ok else 'no'}\n")
     write_json(out / "results.json", results)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, curve) = plt.subplots(1, 2, figsize=(11, 4))
     for label, *values in rows:
         ax.plot(lengths, values, marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("evaluation length (tokens)")
     ax.set_ylabel("validation loss (nats/token)")
     ax.legend(fontsize=8)
+    for method, result in results.items():
+        logged = [row for row in result["history"] if "loss" in row and "step" in row]
+        curve.plot([row["step"] for row in logged], [row["loss"] for row in logged], label=method)
+    curve.set_xlabel("optimiser step")
+    curve.set_ylabel(f"training loss at {args.seq_len} tokens")
+    curve.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "loss-by-length.png", dpi=120)
     print(table)

@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 
 from hf_models import tiny_llama  # noqa: E402
 
-from siattn.hf.continual import PackedWindows, restarting_positions  # noqa: E402
+from siattn.hf.continual import PackedWindows, flatten_windows, restarting_positions, training_mode  # noqa: E402
 
 
 def test_positions_restart_at_every_end_of_document_token():
@@ -26,6 +26,50 @@ def test_windows_are_seeded_and_carry_restarting_positions():
     item = a[0]
     assert torch.equal(item["labels"], item["input_ids"])
     assert torch.equal(item["position_ids"], restarting_positions(item["input_ids"], 0))
+
+
+@pytest.mark.parametrize("method", ["si-p-rope", "rope"])
+@pytest.mark.parametrize("eod", [0, None])
+def test_a_flattened_micro_batch_trains_as_its_windows_one_by_one(method, eod):
+    """flatten_windows packs B windows into one row: its loss and every gradient equal those of the windows run
+    separately (token-weighted), for the converted model (siattn's cu_seqlens path) and for the kept RoPE
+    (transformers' packed-sequence mask, made only without a KV cache: hf-train's training_mode); with
+    end-of-document tokens inside the windows and without."""
+    from siattn.hf import convert
+
+    seed = 11
+    print(f"seed={seed}")
+    model = tiny_llama(seed).float()
+    if method == "si-p-rope":
+        model = convert(model, method="si-p-rope", p_rope_base=1000.0)
+    tokens = (torch.randint(1, 100, (400,), generator=torch.Generator().manual_seed(seed))
+              * (torch.rand(400, generator=torch.Generator().manual_seed(seed + 1)) > 0.05)).numpy()
+    windows = PackedWindows(tokens, 24, 3, seed=seed, eod_id=eod)
+    features = [windows[i] for i in range(3)]
+    row = flatten_windows(features)
+    assert row["input_ids"].shape == row["labels"].shape == row["position_ids"].shape == (1, 72)
+    assert row["position_ids"][0, ::24].tolist() == [0, 0, 0]
+
+    def loss_and_grads(batches):
+        model.zero_grad()
+        total, count = 0.0, 0
+        for batch in batches:
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            loss = model(**batch).loss * n
+            loss.backward()
+            total, count = total + loss.detach(), count + n
+        grads = {name: p.grad / count for name, p in model.named_parameters() if p.grad is not None}
+        return total / count, grads
+
+    one_by_one = [{k: v[None] for k, v in f.items()} for f in features]
+    with training_mode(model):  # as hf-train trains (the tiny model has no dropout)
+        loss_sep, grads_sep = loss_and_grads(one_by_one)
+        loss_flat, grads_flat = loss_and_grads([row])
+    assert model.config.use_cache and not model.training
+    torch.testing.assert_close(loss_flat, loss_sep, rtol=1e-5, atol=1e-6)
+    assert grads_flat.keys() == grads_sep.keys()
+    for name in grads_sep:
+        torch.testing.assert_close(grads_flat[name], grads_sep[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ compare loss by length), for any Llama-family model:
    CUDA, optional gradient checkpointing; several processes through ``torchrun``/``accelerate launch``) on random
    windows of ``seq_len`` tokens of a prepared dataset (``siattn data prepare TEXT --tokenizer hf:MODEL``). With
    ``pack_documents`` the position ids restart at every end-of-document token, so each document attends only to
-   itself (one packed row per forward: the bridge's ``cu_seqlens`` path);
+   itself; the ``micro_batch_size`` windows of one forward go in as one packed row (:func:`flatten_windows`), so
+   every backend of the bridge takes its ``cu_seqlens`` path whatever the micro-batch;
 5. the loss by length again, the model saved with its tokenizer to ``OUT/model`` (the folder replaced whole; it
    loads back with :func:`siattn.hf.models.load_model`), and ``OUT/result.json``.
 """
@@ -23,6 +24,8 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,8 +56,8 @@ class ContinualConfig:
     seq_len: int = option(1024, "training length in tokens (the converted p-RoPE base follows it)", min=2)
     steps: int = option(100, "optimiser steps", min=1)
     batch_size: int = option(8, "sequences per optimiser step (all processes)", min=1)
-    micro_batch_size: int = option(1, "sequences per forward in one process (1 keeps a packed row on the "
-                                   "bridge's cu_seqlens path)", min=1)
+    micro_batch_size: int = option(1, "sequences per forward in one process, as one packed row of "
+                                   "micro_batch_size × seq_len tokens (raise it on a GPU)", min=1)
     lr: float = option(2e-5, "AdamW learning rate (the paper's for Llama-2)", min=0.0, min_open=True)
     warmup_steps: int = option(10, "linear warm-up steps, then a constant lr", min=0)
     weight_decay: float = option(0.0, "AdamW weight decay", min=0.0)
@@ -97,6 +100,35 @@ class PackedWindows(torch.utils.data.Dataset):
         if self.eod_id is not None:
             item["position_ids"] = restarting_positions(ids, self.eod_id)
         return item
+
+
+def flatten_windows(features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The Trainer's collator: B windows of T tokens as one packed row of shape (1, B·T), the padding-free layout
+    of transformers' ``DataCollatorWithFlattening`` but keeping each window's own position ids (which restart at
+    its documents; 0…T-1 without them). Position ids restart at every window, so attention stays inside it (siattn's
+    ``cu_seqlens`` path, transformers' packed-sequence mask), and each window's first label is -100, so no token is
+    scored on the next window's: the loss equals that of the B windows run one by one."""
+    ids = torch.cat([f["input_ids"] for f in features])
+    labels = torch.cat([torch.cat([torch.full((1,), -100, dtype=f["labels"].dtype), f["labels"][1:]])
+                        for f in features])
+    positions = torch.cat([f["position_ids"] if "position_ids" in f else torch.arange(len(f["input_ids"]))
+                           for f in features])
+    return {"input_ids": ids[None], "labels": labels[None], "position_ids": positions[None]}
+
+
+@contextmanager
+def training_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in training mode without a KV cache, restored on exit. transformers builds its packed-sequence
+    mask (attention kept inside each document for its own attention functions: the kept-RoPE baseline) only when
+    no cache is made, and a training forward has no use for one."""
+    was_training, use_cache = model.training, model.config.use_cache
+    model.train()
+    model.config.use_cache = False
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        model.config.use_cache = use_cache
 
 
 def restarting_positions(ids: torch.Tensor, eod_id: int) -> torch.Tensor:
@@ -193,8 +225,9 @@ def continual_pretrain(cfg: ContinualConfig, log: Any = print) -> dict[str, Any]
         dataloader_drop_last=True, remove_unused_columns=False)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    trainer = Trainer(model=model, args=args, train_dataset=windows)
-    train_output = trainer.train()
+    trainer = Trainer(model=model, args=args, train_dataset=windows, data_collator=flatten_windows)
+    with training_mode(model):
+        train_output = trainer.train()
     history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
     after = loss_by_length(model, ds.val, lengths, n_eval, cfg.progress)
     log(f"after: {after}")
