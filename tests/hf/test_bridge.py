@@ -258,6 +258,19 @@ def test_training_backward_and_attention_dropout():
     assert torch.isfinite(first).all() and not torch.equal(first, second)
 
 
+def test_training_under_autocast_takes_q_k_v_in_the_autocast_dtype():
+    """Under autocast (hf-train's mixed precision) the rotary embedding's float32 cos/sin lift q and k to float32
+    while v stays bfloat16: the bridge casts them as SDPA does, and the loss stays close to float32's."""
+    model = hf.convert(tiny_llama(), method="si-p-rope").train()
+    ids = tokens(2, 24)
+    full = model(ids, labels=ids).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(ids, labels=ids).loss
+    mixed.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert abs(float(mixed.detach()) - float(full.detach())) < 0.05 * float(full.detach())
+
+
 # ---------------------------------------------------------------------------------------------------- round trip
 def test_save_and_reload_keeps_method_tau_and_p_rope(tmp_path):
     model = hf.convert(tiny_llama(), method="si-p-rope", tau=4.0, p_rope_base=50.0)

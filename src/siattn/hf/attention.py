@@ -253,6 +253,17 @@ def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                        cu_seqlens=cu_seqlens.to(query.device))
 
 
+def autocast_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v in the autocast dtype when autocast is on for their device, as SDPA takes them: the rotary
+    embedding's float32 cos/sin lift q and k to float32 while v stays in the autocast dtype."""
+    device = query.device.type
+    if not torch.is_autocast_enabled(device):
+        return query, key, value
+    dtype = torch.get_autocast_dtype(device)
+    return query.to(dtype), key.to(dtype), value.to(dtype)
+
+
 def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -271,6 +282,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     padding) → :func:`key_window_attention`; anything else → the masked call.
     """
     config = module.config
+    query, key, value = autocast_inputs(query, key, value)
     transform = _config_transform(config)
     backend = getattr(config, "siattn_backend", "auto")
     _check_mask_registered(config)

@@ -42,9 +42,13 @@ class CausalLMAdapter(nn.Module):
     def lm_head(self) -> nn.Module:  # type: ignore[override]
         return self.hf_model.get_output_embeddings()
 
-    @lm_head.setter
-    def lm_head(self, head: nn.Module) -> None:
-        self.hf_model.set_output_embeddings(head)
+    def __setattr__(self, name: str, value: Any) -> None:
+        # nn.Module.__setattr__ would register a module value as a new child of the adapter, never reaching
+        # the wrapped model, so ``adapter.lm_head = head`` is routed here
+        if name == "lm_head":
+            self.hf_model.set_output_embeddings(value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def config(self) -> Any:
