@@ -57,9 +57,8 @@ def main() -> int:
     results = {}
     for method in ("si-p-rope", "rope"):
         cfg = ContinualConfig(model=model, data=str(data), method=method, seq_len=args.seq_len, steps=args.steps,
-                              batch_size=args.batch_size,
-                              micro_batch_size=args.micro_batch_size or args.batch_size, lr=args.lr, eval_tokens=args.eval_tokens,
-                              out=str(out / method))
+                              batch_size=args.batch_size, micro_batch_size=args.micro_batch_size or args.batch_size,
+                              lr=args.lr, eval_tokens=args.eval_tokens, out=str(out / method))
         results[method] = continual_pretrain(cfg)
     lengths = results["rope"]["lengths"]
     header = ["model", *(f"loss@{length}" for length in lengths)]

@@ -5,11 +5,11 @@ import torch
 
 pytest.importorskip("transformers")
 
-from hf_models import VOCAB, tiny_llama, tokens  # noqa: E402
+from hf_models import VOCAB, tiny_llama, tokens
 
-from siattn.hf import convert  # noqa: E402
-from siattn.hf.models import CausalLMAdapter  # noqa: E402
-from siattn.training.validation import per_token_losses  # noqa: E402
+from siattn.hf import convert
+from siattn.hf.models import CausalLMAdapter
+from siattn.training.validation import per_token_losses
 
 
 @pytest.mark.parametrize("method", ["si-p-rope", None])
