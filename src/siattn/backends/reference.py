@@ -14,7 +14,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from siattn.backends.transforms import LogitTransform, transform_logits
+from siattn.backends.transforms import LogitTransform, logit_terms, transform_logits
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -62,6 +62,48 @@ def _group_mask(mask: torch.Tensor, hkv: int, groups: int) -> torch.Tensor:
     return mask.reshape(mask.shape[0], hkv, groups, *mask.shape[-2:])
 
 
+def masked_logit_terms(mask: torch.Tensor, signed: torch.Tensor, transform: LogitTransform, num_heads: int,
+                       num_kv_heads: int, dtype: torch.dtype, *, causal: bool = False
+                       ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """A masked call's logits as L = a·S + bias, and which query rows see a key.
+
+    mask: boolean (B|1, 1|H, Tq, Tk), True = attend (and t >= 0 with ``causal``); signed: (Tq, Tk) distances.
+    Returns (a or None for 1, bias, has_key) in ``dtype``, grouped as :func:`grouped_scores`: bias is the
+    transform's additive term where a key is kept and the dtype's lowest finite value where it is blocked (a
+    finite fill keeps fully blocked rows NaN-free); has_key (B|1, 1|Hkv, 1|G, Tq, 1) is 1 for rows that see a key,
+    0 for rows that see none. They depend on the mask and the distances only, so callers that attend with one mask
+    in many layers compute them once.
+    """
+    keep = _group_mask(mask, num_kv_heads, num_heads // num_kv_heads)
+    if causal:
+        keep = keep & (signed >= 0)
+    a, b = logit_terms(signed.abs(), transform, num_heads, num_kv_heads, dtype)
+    kept = torch.zeros((), dtype=dtype, device=mask.device) if b is None else b
+    bias = torch.where(keep, kept, torch.finfo(dtype).min)
+    return a, bias, keep.any(-1, keepdim=True).to(dtype)
+
+
+def _weighted_values(probs: torch.Tensor, v: torch.Tensor, dropout: float, out_shape: tuple[int, ...],
+                     out_dtype: torch.dtype) -> torch.Tensor:
+    """probs (B, Hkv, G, Tq, Tk) · v (B, Hkv, Tk, Dv), after dropout, as (B, H, Tq, Dv) in ``out_dtype``."""
+    if dropout > 0:
+        probs = F.dropout(probs, p=dropout, training=True)
+    out = torch.matmul(probs, v.to(probs.dtype)[:, :, None])
+    return out.reshape(out_shape).to(out_dtype)
+
+
+def attention_with_terms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor | None,
+                         bias: torch.Tensor, has_key: torch.Tensor, *, scale: float, dropout: float = 0.0
+                         ) -> torch.Tensor:
+    """softmax(a·S + bias)·v with S = scale·q·kᵀ, rows with has_key = 0 giving 0, in ``bias``'s dtype.
+    q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D); a, bias, has_key as :func:`masked_logit_terms` returns them.
+    Returns (B, H, Tq, Dv) in q's dtype."""
+    scores = grouped_scores(q, k, scale, bias.dtype)
+    logits = scores + bias if a is None else torch.addcmul(bias, scores, a)
+    probs = torch.softmax(logits, dim=-1) * has_key
+    return _weighted_values(probs, v, dropout, (*q.shape[:3], v.shape[-1]), q.dtype)
+
+
 def reference_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, transform: LogitTransform, q_offset: int | torch.Tensor,
     causal: bool, scale: float, mask: torch.Tensor | None = None, dropout: float = 0.0,
@@ -86,23 +128,13 @@ def reference_attention(
                                 causal=causal, scale=scale, dropout=dropout, math_dtype=math_dtype,
                                 mask=None if mask is None else mask[..., s:e, s:e])
             for s, e in itertools.pairwise(bounds)], dim=2)
-    batch, heads, tq, _ = q.shape
+    heads, tq = q.shape[1], q.shape[2]
     hkv, tk = k.shape[1], k.shape[2]
     cd = math_dtype or compute_dtype(q.dtype)
-    vf = v.to(cd)[:, :, None]
-    scores = grouped_scores(q, k, scale, cd)
     signed = distances(q_offset, tq, 0, tk, q.device)
-    if mask is None:
-        probs = torch.softmax(attention_logits(scores, signed, transform, heads, causal=causal), dim=-1)
-    else:
-        keep = _group_mask(mask, hkv, heads // hkv)
-        if causal:
-            keep = keep & (signed >= 0)
-        logits = attention_logits(scores, signed, transform, heads, causal=False)
-        # a finite fill keeps fully masked rows NaN-free (uniform), then they are zeroed
-        logits = logits.masked_fill(~keep, torch.finfo(cd).min)
-        probs = torch.softmax(logits, dim=-1) * keep.any(-1, keepdim=True)
-    if dropout > 0:
-        probs = F.dropout(probs, p=dropout, training=True)
-    out = torch.matmul(probs, vf)
-    return out.reshape(batch, heads, tq, v.shape[-1]).to(q.dtype)
+    if mask is not None:
+        terms = masked_logit_terms(mask, signed, transform, heads, hkv, cd, causal=causal)
+        return attention_with_terms(q, k, v, *terms, scale=scale, dropout=dropout)
+    scores = grouped_scores(q, k, scale, cd)
+    probs = torch.softmax(attention_logits(scores, signed, transform, heads, causal=causal), dim=-1)
+    return _weighted_values(probs, v, dropout, (*q.shape[:3], v.shape[-1]), q.dtype)

@@ -47,6 +47,22 @@ class LogitTransform:
 NO_TRANSFORM = LogitTransform("none")
 
 
+def logit_terms(
+    distance: torch.Tensor, transform: LogitTransform, num_heads: int, num_kv_heads: int, dtype: torch.dtype
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(a, b) with L = a·S + b (None: a = 1, b = 0), in ``dtype`` on ``distance``'s device.
+
+    distance: (Tq, Tk), t = |i − j| >= 0. ``scale-invariant``: a = a_t, b = m_t, both (Tq, Tk); ``alibi``: a = 1,
+    b = −slope_h·t, (Hkv, G, Tq, Tk) with H = Hkv·G heads; ``none``: (None, None).
+    """
+    if transform.kind == "none":
+        return None, None
+    if transform.kind == "scale-invariant":
+        return schedule_unchecked(distance.to(dtype), *transform.parameters)
+    slopes = alibi_slopes(num_heads).to(device=distance.device, dtype=dtype)
+    return None, -(slopes.view(num_kv_heads, num_heads // num_kv_heads, 1, 1) * distance.to(dtype))
+
+
 def transform_logits(
     scores: torch.Tensor, distance: torch.Tensor, transform: LogitTransform, num_heads: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -54,11 +70,9 @@ def transform_logits(
 
     scores: (B, Hkv, G, Tq, Tk) with H = Hkv·G heads; distance: (Tq, Tk) float, t = |i − j| >= 0.
     """
-    if transform.kind == "none":
+    a, b = logit_terms(distance, transform, num_heads, scores.shape[1], scores.dtype)
+    if b is None:
         return scores, None
-    if transform.kind == "scale-invariant":
-        a, m = schedule_unchecked(distance.to(scores.dtype), *transform.parameters)
-        return torch.addcmul(m, scores, a), a
-    hkv, groups = scores.shape[1], scores.shape[2]
-    slopes = alibi_slopes(num_heads).to(device=scores.device, dtype=scores.dtype).view(hkv, groups, 1, 1)
-    return scores - slopes * distance.to(scores.dtype), None
+    if a is None:
+        return scores + b, None
+    return torch.addcmul(b, scores, a), a

@@ -11,7 +11,7 @@ import torch
 from transformers.masking_utils import AttentionMaskInterface
 
 from siattn.backends import run_backend
-from siattn.backends.reference import reference_attention
+from siattn.backends.reference import attention_with_terms, compute_dtype, distances, masked_logit_terms, reference_attention
 from siattn.backends.transforms import LogitTransform
 from siattn.backends.varlen import same_document
 from siattn.hf.packing import packed_cu_seqlens
@@ -164,18 +164,42 @@ def mask_layout(allowed: torch.Tensor) -> MaskLayout:
     return MaskLayout("windows", offset, tuple(bounds[0]), tuple(bounds[1]))
 
 
-# transformers builds one mask per forward and hands the same tensor to every layer: its layout is read once
-_LAST_LAYOUT: list = [None, -1, None]  # weak reference to the mask, its version counter, its layout
+class PerMaskCache:
+    """Values derived from an attention mask, remembered while the mask tensor is alive and unchanged.
+    transformers builds one mask per forward (two for models that mix sliding and full layers) and hands the same
+    tensor to every layer, so what is read from it is computed in the first layer only. Not used inside
+    torch.compile."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self.entries: list[tuple[weakref.ref, int, Any, Any]] = []  # (mask, its version, key, value)
+
+    def get(self, mask: torch.Tensor, key: Any, compute: Any) -> Any:
+        """The value for (``mask``, ``key``), from ``compute()`` when not remembered."""
+        for ref, version, entry_key, value in self.entries:
+            if ref() is mask and version == mask._version and entry_key == key:
+                return value
+        value = compute()
+        self.entries = [(weakref.ref(mask), mask._version, key, value), *self.entries[: self.size - 1]]
+        return value
+
+
+_LAYOUTS = PerMaskCache()
+_DECODE_TERMS = PerMaskCache()
 
 
 def cached_mask_layout(attention_mask: torch.Tensor, allowed: torch.Tensor) -> MaskLayout:
     """:func:`mask_layout` of ``allowed``, remembered for the tensor ``attention_mask`` while it is unchanged."""
-    ref, version, layout = _LAST_LAYOUT
-    if ref is not None and ref() is attention_mask and version == attention_mask._version:
-        return layout
-    layout = mask_layout(allowed)
-    _LAST_LAYOUT[:] = [weakref.ref(attention_mask), attention_mask._version, layout]
-    return layout
+    return _LAYOUTS.get(attention_mask, None, lambda: mask_layout(allowed))
+
+
+def masked_terms(allowed: torch.Tensor, transform: LogitTransform, num_heads: int, num_kv_heads: int,
+                 dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """:func:`~siattn.backends.reference.masked_logit_terms` of a boolean (B|1, 1|H, q, kv) mask, the query offset
+    read from the mask on the device (no host sync)."""
+    tq, tk = allowed.shape[-2:]
+    signed = distances(query_offset_tensor(allowed), tq, 0, tk, allowed.device)
+    return masked_logit_terms(allowed, signed, transform, num_heads, num_kv_heads, dtype)
 
 
 def left_padding(allowed: torch.Tensor, q_offset: int) -> list[int] | None:
@@ -305,11 +329,16 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             allowed = causal_mask(q_offset, tq, tk, query.device)[None, None]
             out = masked_attention(query, key, value, allowed, transform, q_offset, scale, dropout)
         return out.transpose(1, 2).contiguous(), None
-    allowed = allowed_mask(attention_mask)
     if compiling or dropout > 0.0 or tq <= SMALL_QUERY:
-        q_offset_t = query_offset_tensor(allowed)
-        out = masked_attention(query, key, value, allowed, transform, q_offset_t, scale, dropout)
+        heads, kv_heads, dtype = query.shape[1], key.shape[1], compute_dtype(query.dtype)
+        if compiling:
+            terms = masked_terms(allowed_mask(attention_mask), transform, heads, kv_heads, dtype)
+        else:  # decoding: the terms of this step's mask are computed in the first layer only
+            terms = _DECODE_TERMS.get(attention_mask, (transform, heads, kv_heads, dtype, key.device), lambda:
+                                      masked_terms(allowed_mask(attention_mask), transform, heads, kv_heads, dtype))
+        out = attention_with_terms(query, key, value, *terms, scale=scale, dropout=dropout)
         return out.transpose(1, 2).contiguous(), None
+    allowed = allowed_mask(attention_mask)
     layout = cached_mask_layout(attention_mask, allowed)
     if layout.kind == "causal":
         out = run_backend(query, key, value, transform=transform, q_offset=layout.q_offset, causal=True,
