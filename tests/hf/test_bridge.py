@@ -179,6 +179,36 @@ def test_left_padded_batch_generation_matches_single_rows():
             torch.testing.assert_close(batched[row], alone[0], atol=1e-4, rtol=1e-4)
 
 
+def test_decoding_reads_each_mask_once_not_in_every_layer(monkeypatch):
+    model = hf.convert(tiny_llama(), method="si-p-rope")
+    layers = model.config.num_hidden_layers
+    calls = []
+    real = hfa.masked_terms
+    monkeypatch.setattr(hfa, "masked_terms", lambda *a, **k: calls.append(1) or real(*a, **k))
+    batch = torch.cat((tokens(1, 12, seed=2), torch.cat((torch.zeros(1, 5, dtype=torch.long), tokens(1, 7)), 1)))
+    mask = torch.ones_like(batch)
+    mask[1, :5] = 0
+    model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    # the prefill (12 query rows, at most SMALL_QUERY) and 5 decoding steps: one mask each, read once for all layers
+    assert layers > 1 and len(calls) == 6
+
+
+def test_cached_decoding_terms_follow_a_mask_changed_in_place():
+    model = hf.convert(tiny_llama(), method="si-p-rope")
+    attn = model.model.layers[0].self_attn
+    q, k, v = torch.randn(2, 4, 1, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    transform = LogitTransform("scale-invariant", tau=10.0)
+    first, _ = hf.attention_forward(attn, q, k, v, mask, scaling=0.25)
+    torch.testing.assert_close(first.transpose(1, 2), hfa.masked_attention(q, k, v, mask, transform, 8, 0.25, 0.0),
+                               atol=0, rtol=0)
+    mask[1, ..., :4] = False  # left padding written into the same tensor
+    second, _ = hf.attention_forward(attn, q, k, v, mask, scaling=0.25)
+    torch.testing.assert_close(second.transpose(1, 2), hfa.masked_attention(q, k, v, mask, transform, 8, 0.25, 0.0),
+                               atol=0, rtol=0)
+    assert (second[1] - first[1]).abs().max() > 1e-3 and torch.equal(second[0], first[0])
+
+
 def test_masked_path_equals_backend_and_zeroes_fully_masked_rows():
     q, k, v = torch.randn(2, 4, 5, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
     transform = LogitTransform("scale-invariant", tau=10.0)

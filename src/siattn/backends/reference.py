@@ -1,10 +1,12 @@
 """Reference backend: materialises the (Tq, Tk) score matrix in float32 (float64 for float64 inputs).
 
-The ground truth every other backend is tested against; memory O(B·H·Tq·Tk). Its three steps are the one
+The ground truth every other backend is tested against; memory O(B·H·Tq·Tk). Its steps are the one
 implementation of materialised attention in siattn: :func:`grouped_scores` (S = scale·q·kᵀ per group of query
-heads), :func:`attention_logits` (the logit transform and the masks) and :func:`reference_attention` (softmax and
-values). The Hugging Face bridge's masked path calls :func:`reference_attention` with a boolean ``mask``, and the
-model analysis calls the first two on the rows it studies.
+heads), :func:`attention_logits` (the logit transform and the causal mask), :func:`masked_logit_terms` (a boolean
+mask's logits as L = a·S + bias) with :func:`attention_with_terms`, and :func:`reference_attention` (softmax and
+values). The Hugging Face bridge's masked path calls :func:`reference_attention` with a boolean ``mask``, or, while
+decoding, the two masked steps with the terms computed once for all layers; the model analysis calls the first two
+on the rows it studies.
 """
 
 from __future__ import annotations

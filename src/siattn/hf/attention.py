@@ -11,7 +11,13 @@ import torch
 from transformers.masking_utils import AttentionMaskInterface
 
 from siattn.backends import run_backend
-from siattn.backends.reference import attention_with_terms, compute_dtype, distances, masked_logit_terms, reference_attention
+from siattn.backends.reference import (
+    attention_with_terms,
+    compute_dtype,
+    distances,
+    masked_logit_terms,
+    reference_attention,
+)
 from siattn.backends.transforms import LogitTransform
 from siattn.backends.varlen import same_document
 from siattn.hf.packing import packed_cu_seqlens
@@ -301,9 +307,10 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     Paths: one packed row (:func:`packed_attention`) → the backends' cu_seqlens path; no mask → the fast
     backends (causal, offset from the shapes). Inside torch.compile, with attention dropout, or with a mask and q <=
     :data:`SMALL_QUERY` rows (decoding) → one batched masked call with the offset as a tensor read from the mask (no
-    host sync, no Python loop over the cache length, so decoding compiles once). Otherwise the mask's layout is read
-    once per forward (:func:`cached_mask_layout`): causal → the fast backends; one key window per row (left / right
-    padding) → :func:`key_window_attention`; anything else → the masked call.
+    host sync, no Python loop over the cache length, so decoding compiles once); outside torch.compile the mask's
+    logit terms (:func:`masked_terms`) are computed in the first layer and reused by the others. Otherwise the
+    mask's layout is read once per forward (:func:`cached_mask_layout`): causal → the fast backends; one key window
+    per row (left / right padding) → :func:`key_window_attention`; anything else → the masked call.
     """
     config = module.config
     query, key, value = autocast_inputs(query, key, value)
