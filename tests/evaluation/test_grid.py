@@ -63,6 +63,49 @@ def test_a_run_writes_its_results_and_the_table_reads_them(tmp_path, tiny_data):
     assert (out / "needle-heatmaps.png").exists() and (out / "training-curves.png").exists()
 
 
+@pytest.mark.slow
+def test_a_run_stopped_in_its_evaluation_goes_on_from_its_scratch_folder(tmp_path, tiny_data, monkeypatch):
+    from siattn.training import trainer
+
+    study = tiny_study(tiny_data)
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    calls = {"train": 0, "needle": 0, "passkey": 0}
+    real_train, real_retrieval = trainer.train, grid.retrieval
+
+    def counting_train(*args, **kwargs):
+        calls["train"] += 1
+        return real_train(*args, **kwargs)
+
+    def stop_at_passkey(protocol, *args, **kwargs):
+        calls[protocol.task] += 1
+        if protocol.task == "passkey":
+            raise KeyboardInterrupt("stopped at the deadline")
+        return real_retrieval(protocol, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train", counting_train)
+    monkeypatch.setattr(grid, "retrieval", stop_at_passkey)
+    with pytest.raises(KeyboardInterrupt):
+        grid.run_one(study, "rope-s0", out, scratch=scratch, device="cpu", progress=False)
+    assert not (out / "runs" / "rope-s0").exists()
+    assert calls == {"train": 1, "needle": 1, "passkey": 1}
+
+    monkeypatch.setattr(grid, "retrieval", lambda protocol, *a, **k: calls.__setitem__(
+        protocol.task, calls[protocol.task] + 1) or real_retrieval(protocol, *a, **k))
+    folder = grid.run_one(study, "rope-s0", out, scratch=scratch, device="cpu", progress=False)
+    assert calls == {"train": 1, "needle": 1, "passkey": 2}, "only the unfinished phase is done again"
+    summary = json.loads((folder / "run.json").read_text())
+    assert summary["reused_phases"] == ["eval", "needle", "train"]
+    assert set(summary["seconds"]) == {"train", "eval", "needle", "passkey", "total"}
+    assert summary["train_config"]["steps"] == 4 and summary["parameters"] > 0
+
+    # another protocol for the same run id (here: more steps) trains again instead of reusing the scratch folder
+    longer = dataclasses.replace(study, overrides=(*study.overrides, ("steps", 5)))
+    config = grid.train_config(longer, longer.spec("rope-s0"), scratch / "tiny" / "rope-s0")
+    assert grid.finished_phases(scratch / "tiny" / "rope-s0", config) == {}
+    same = grid.train_config(study, study.spec("rope-s0"), scratch / "tiny" / "rope-s0")
+    assert set(grid.finished_phases(scratch / "tiny" / "rope-s0", same)) == {"train", "eval", "needle", "passkey"}
+
+
 def _fake_run(out, study, spec, val, needle):
     folder = out / "runs" / spec.run_id
     folder.mkdir(parents=True)

@@ -14,14 +14,17 @@ results (never its checkpoint) to ``OUT/runs/<run id>/``:
     passkey.json    the same for passkey
 
 :func:`summarize` reads whatever run folders exist and writes ``table.md`` / ``table.json`` (mean ± standard
-error over seeds) and the plots. A run is the unit of resumption: an interrupted run leaves nothing under
-``OUT/runs`` and is done again from the start.
+error over seeds) and the plots. A run is the unit of resumption across machines: an interrupted run leaves
+nothing under ``OUT/runs``. On the machine where it was interrupted, its scratch folder keeps what it finished
+(``phases/``: the training, once its final checkpoint is written, and each evaluation phase), so the same command
+run again there goes on from that point instead of training again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -41,6 +44,7 @@ from siattn.io import markdown_table, read_json, write_json, write_text
 
 RUNS = "runs"
 RUN_FILES = ("run.json", "metrics.jsonl", "eval.json", "needle.json", "passkey.json")
+PHASES = "phases"  # in a run's scratch folder: what an attempt of the run finished (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -303,6 +307,33 @@ def under_method(model: torch.nn.Module, method: str) -> torch.nn.Module:
     return other.eval()
 
 
+def _save_phase(run_dir: Path, name: str, result: Any, seconds: float) -> None:
+    """Keep a finished phase of a run in its scratch folder (atomically)."""
+    write_json(run_dir / PHASES / f"{name}.json", {"result": result, "seconds": seconds})
+
+
+def finished_phases(run_dir: Path, config: Any) -> dict[str, dict[str, Any]]:
+    """Phase name -> {"result", "seconds"} of what an earlier attempt of this run finished in ``run_dir``: nothing
+    unless its training was asked with this same ``config`` and its final checkpoint still verifies."""
+    from siattn.training.checkpointing import CheckpointError, read_checkpoint_state
+
+    trained = read_json(run_dir / PHASES / "train.json")
+    if not trained or trained["result"].get("config") != json.loads(json.dumps(config.to_dict())):
+        return {}
+    try:
+        _, state = read_checkpoint_state(trained["result"]["checkpoint"])
+    except (CheckpointError, OSError):
+        return {}
+    if int(state["step"]) != config.steps:
+        return {}
+    done = {"train": trained}
+    for name in ("eval", "needle", "passkey"):
+        phase = read_json(run_dir / PHASES / f"{name}.json")
+        if phase:
+            done[name] = phase
+    return done
+
+
 def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str | None = None,
             progress: bool = True, log: Callable[[str], Any] = print) -> Path:
     """Train, evaluate and write one run of ``study`` to ``out/runs/<run_id>/`` (see the module docstring)."""
@@ -322,40 +353,60 @@ def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str 
     env = environment(info.device)
     run_dir = scratch / study.name / run_id
     config = train_config(study, spec, run_dir)
-    t0 = time.perf_counter()
-    result = train(config, info, overwrite=True, progress=progress, log=log)
-    phases["train"] = time.perf_counter() - t0
-    if result.stopped_by:
-        raise RuntimeError(f"{run_id}: training stopped by {result.stopped_by}; the run is not written")
+    done = finished_phases(run_dir, config)
+    if "train" not in done:
+        shutil.rmtree(run_dir / PHASES, ignore_errors=True)
+        requested = config.to_dict()
+        t0 = time.perf_counter()
+        result = train(config, info, overwrite=True, progress=progress, log=log)
+        phases["train"] = time.perf_counter() - t0
+        if result.stopped_by:
+            raise RuntimeError(f"{run_id}: training stopped by {result.stopped_by}; the run is not written")
+        trained = {"config": requested, "checkpoint": str(result.checkpoint), "metrics": str(result.metrics_path),
+                   "tokens_per_s": result.tokens_per_s, "parameters": result.extra["parameters"]}
+        _save_phase(run_dir, "train", trained, phases["train"])
+    else:
+        trained = done["train"]["result"]
+        log(f"{run_id}: training finished in an earlier attempt ({trained['checkpoint']}); going on from there")
+    checkpoint = Path(trained["checkpoint"])
 
-    ckpt = load_for_eval(result.checkpoint, info.device)
-    ds = TokenDataset(config.data)
+    ckpt = load_for_eval(checkpoint, info.device)
+    ds = TokenDataset(ckpt.train_config.data)
     L = ckpt.train_length
     multipliers = sorted({*study.multipliers, *spec.extra_multipliers})
     lengths = [m * L for m in multipliers]
     methods = [spec.method, *spec.extensions]
 
-    t0 = time.perf_counter()
-    evaluation = {"tokens": None, "methods": {}}
-    for m in methods:
-        model = under_method(ckpt.model, m)
-        evaluation["methods"][m] = loss_by_length(model, ds.val, lengths, study.eval_tokens,
-                                                  study.eval_batch_tokens, progress)
-        evaluation["tokens"] = next(iter(evaluation["methods"][m].values()))["tokens"]
-        log(f"loss {m}: " + ", ".join(f"@{k} {v['loss']:.4f}" for k, v in evaluation["methods"][m].items()))
-        del model
-    phases["eval"] = time.perf_counter() - t0
+    if "eval" in done:
+        evaluation = done["eval"]["result"]
+    else:
+        t0 = time.perf_counter()
+        evaluation = {"tokens": None, "methods": {}}
+        for m in methods:
+            model = under_method(ckpt.model, m)
+            evaluation["methods"][m] = loss_by_length(model, ds.val, lengths, study.eval_tokens,
+                                                      study.eval_batch_tokens, progress)
+            evaluation["tokens"] = next(iter(evaluation["methods"][m].values()))["tokens"]
+            log(f"loss {m}: " + ", ".join(f"@{k} {v['loss']:.4f}" for k, v in evaluation["methods"][m].items()))
+            del model
+        phases["eval"] = time.perf_counter() - t0
+        _save_phase(run_dir, "eval", evaluation, phases["eval"])
 
     retrieved = {}
     for protocol in (study.needle, study.passkey):
+        if protocol.task in done:
+            retrieved[protocol.task] = done[protocol.task]["result"]
+            continue
         t0 = time.perf_counter()
-        base = load_for_eval(result.checkpoint, info.device).model
+        base = load_for_eval(checkpoint, info.device).model
         models = {m: (lambda m=m, b=base: under_method(b, m)) for m in methods}
         retrieved[protocol.task] = retrieval(protocol, models, base, ckpt.train_config, ds, lengths, L, progress,
                                              log)
         phases[protocol.task] = time.perf_counter() - t0
+        _save_phase(run_dir, protocol.task, retrieved[protocol.task], phases[protocol.task])
 
-    metrics = read_metrics(result.metrics_path)
+    reused = {name: phase["seconds"] for name, phase in done.items()}
+    metrics = read_metrics(Path(trained["metrics"]))
     train_tokens = len(ds.train)
     tokens = config.steps * config.tokens_per_step
     summary = {
@@ -367,10 +418,12 @@ def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str 
                     "shards_sha256": {split: [s["sha256"] for s in ds.manifest["splits"][split]["shards"]]
                                       for split in ("train", "val")},
                     "train_tokens": train_tokens, "val_tokens": len(ds.val)},
-        "parameters": result.extra["parameters"], "tokens": tokens, "passes": tokens / train_tokens,
-        "tokens_per_s": result.tokens_per_s, "train_config": config.to_dict(),
+        "parameters": trained["parameters"], "tokens": tokens, "passes": tokens / train_tokens,
+        "tokens_per_s": trained["tokens_per_s"], "train_config": ckpt.train_config.to_dict(),
         "convergence": convergence(metrics, L),
-        "seconds": {k: round(v, 1) for k, v in phases.items()} | {"total": round(time.time() - started, 1)},
+        "seconds": {k: round(v, 1) for k, v in {**reused, **phases}.items()}
+                   | {"total": round(time.time() - started + sum(reused.values()), 1)},
+        "reused_phases": sorted(reused),
         "train_length": L, "lengths": lengths,
         "val": {m: {k: v["loss"] for k, v in r.items()} for m, r in evaluation["methods"].items()},
         "needle": {m: {k: v["accuracy"] for k, v in r["lengths"].items()}
@@ -383,7 +436,7 @@ def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str 
     tmp.mkdir(parents=True)
     try:
         write_json(tmp / "run.json", summary)
-        shutil.copyfile(result.metrics_path, tmp / "metrics.jsonl")
+        shutil.copyfile(trained["metrics"], tmp / "metrics.jsonl")
         write_json(tmp / "eval.json", evaluation)
         write_json(tmp / "needle.json", retrieved["needle"])
         write_json(tmp / "passkey.json", retrieved["passkey"])

@@ -9,7 +9,9 @@ A study (:data:`siattn.evaluation.grid.STUDIES`) fixes the protocol before the r
 scratch folder (``--scratch``, default ``runs/reproduce``), is evaluated there (loss at every length, needle and
 passkey after their fine-tuning, extension methods on its checkpoint) and leaves only its compact results in
 ``OUT/runs/<run id>/``; runs already there are not done again. So a grid that does not fit one machine lease
-goes on over several: commit ``OUT`` after each, and the next call picks up the runs still missing.
+goes on over several: commit ``OUT`` after each, and the next call picks up the runs still missing. A run stopped
+part-way (``--deadline``, a crash) keeps its finished phases in its scratch folder: the same command run again on
+that machine trains it no more and does only the phases still missing.
 """
 
 from __future__ import annotations
