@@ -337,12 +337,13 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             out = masked_attention(query, key, value, allowed, transform, q_offset, scale, dropout)
         return out.transpose(1, 2).contiguous(), None
     if compiling or dropout > 0.0 or tq <= SMALL_QUERY:
-        heads, kv_heads, dtype = query.shape[1], key.shape[1], compute_dtype(query.dtype)
-        if compiling:
-            terms = masked_terms(allowed_mask(attention_mask), transform, heads, kv_heads, dtype)
-        else:  # decoding: the terms of this step's mask are computed in the first layer only
-            terms = _DECODE_TERMS.get(attention_mask, (transform, heads, kv_heads, dtype, key.device), lambda:
-                                      masked_terms(allowed_mask(attention_mask), transform, heads, kv_heads, dtype))
+        terms_key = (transform, query.shape[1], key.shape[1], compute_dtype(query.dtype))  # transform, H, Hkv, dtype
+
+        def terms_of_mask() -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+            return masked_terms(allowed_mask(attention_mask), *terms_key)
+
+        # outside torch.compile, the terms of this forward's mask are computed in the first layer only
+        terms = terms_of_mask() if compiling else _DECODE_TERMS.get(attention_mask, terms_key, terms_of_mask)
         out = attention_with_terms(query, key, value, *terms, scale=scale, dropout=dropout)
         return out.transpose(1, 2).contiguous(), None
     allowed = allowed_mask(attention_mask)
