@@ -30,11 +30,32 @@ def _compiled_flex():
 CPU_LENGTH_MULTIPLE = 16
 
 
+# torch's eager create_block_mask evaluates the mask at every (query, key) pair at once: a (tq, tk) bool tensor and
+# an int64 sum of it, 144 GiB at 131,072 tokens. Above this many pairs the mask is built by the compiled
+# create_block_mask, which reduces block by block (0.5 GiB of host memory at 65,536 tokens on CPU); below it the
+# eager one, which does not compile again for every new shape and query offset.
+EAGER_MASK_MAX_PAIRS = 1 << 28
+
+
+@functools.cache
+def _compiled_create_block_mask():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask, dynamic=False)  # a shape-generic recompile failed to build on CPU
+
+
+def _create_block_mask(mask_mod, tq: int, tk: int, device: str):
+    """``create_block_mask(mask_mod)`` over (tq, tk) pairs, compiled when eager would hold every pair in memory."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    build = _compiled_create_block_mask() if tq * tk > EAGER_MASK_MAX_PAIRS else create_block_mask
+    return build(mask_mod, B=None, H=None, Q_LEN=tq, KV_LEN=tk, device=device)
+
+
 @functools.lru_cache(maxsize=32)
 def _block_mask(tq: int, tk: int, q_offset: int, causal: bool, valid_keys: int | None, device: str):
     """The block mask of a (tq, tk) call: causal (key position <= query position), and keys below
     ``valid_keys`` when the rest is padding (None: no padding)."""
-    from torch.nn.attention.flex_attention import create_block_mask
 
     def causal_mask(b, h, q_idx, kv_idx):
         return q_idx + q_offset >= kv_idx
@@ -44,20 +65,19 @@ def _block_mask(tq: int, tk: int, q_offset: int, causal: bool, valid_keys: int |
         return keep & (q_idx + q_offset >= kv_idx) if causal else keep
 
     mask = causal_mask if valid_keys is None else padded_mask
-    return create_block_mask(mask, B=None, H=None, Q_LEN=tq, KV_LEN=tk, device=device)
+    return _create_block_mask(mask, tq, tk, device)
 
 
 def _document_block_mask(doc: torch.Tensor, causal: bool):
     """The block mask of packed documents: query i sees key j when both lie in one document (``doc``: (T,)
     document ids) and, when ``causal``, j <= i. Blocks wholly outside the documents are skipped."""
-    from torch.nn.attention.flex_attention import create_block_mask
 
     def document_mask(b, h, q_idx, kv_idx):
         same = doc[q_idx] == doc[kv_idx]
         return same & (q_idx >= kv_idx) if causal else same
 
     total = doc.shape[0]
-    return create_block_mask(document_mask, B=None, H=None, Q_LEN=total, KV_LEN=total, device=str(doc.device))
+    return _create_block_mask(document_mask, total, total, str(doc.device))
 
 
 def make_score_mod(transform: LogitTransform, q_offset: int, num_heads: int, device: torch.device):
