@@ -135,3 +135,16 @@ def test_hf_train_runs_on_two_processes_through_torchrun(model_and_data):
     assert result["processes"] == 2
     assert result["after"]["32"] < result["before"]["32"]
     assert (out / "model" / "config.json").exists()
+
+
+def test_hf_train_names_a_missing_model_in_one_line(model_and_data, tmp_path, capsys):
+    from siattn.cli import main
+
+    _, data = model_and_data
+    missing = tmp_path / "no-such-model"
+    code = main(["hf-train", "--model", str(missing), "--data", str(data), "--steps", "1", "--no-progress",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and "model must be" in err and str(missing) in err
+    assert not (tmp_path / "out").exists()

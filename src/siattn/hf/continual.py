@@ -142,6 +142,9 @@ def pretrained_source(path: str) -> tuple[str, dict[str, Any]]:
     """``from_pretrained``'s location and keywords for a model folder or a ``.gguf`` file (the folder holding it,
     ``gguf_file=`` its name), offline."""
     p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"model must be a transformers model folder or a .gguf file; {path!r} does not exist "
+                                "(models are read offline)")
     if p.suffix == ".gguf":
         return str(p.parent), {"gguf_file": p.name, "local_files_only": True}
     return str(p), {"local_files_only": True}
