@@ -24,3 +24,13 @@ def autocast(device: torch.device, dtype: str = "auto") -> contextlib.AbstractCo
     if dt is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dt)
+
+
+def use_tf32(device: torch.device | str) -> None:
+    """On CUDA, let float32 matmuls (cuBLAS, cuDNN, and FlexAttention's kernels, which follow the cuBLAS flag) use
+    TF32 tensor cores; nothing on other devices. The flags are process-wide, so training and every evaluation of a
+    checkpoint set them here, and a phase run in a fresh process gives what it gives after training in the same one
+    (an IEEE float32 FlexAttention forward at 131,072 tokens is also several times slower)."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

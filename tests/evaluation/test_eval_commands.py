@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from siattn.cli import main
 
@@ -112,3 +113,14 @@ def test_needle_measures_attention_on_the_needles_when_asked_and_keeps_it_on_res
     assert run(*args) == 0  # every length kept: the measurement is kept with it
     (again,) = json.loads((tmp_path / "passkey.json").read_text())["checkpoints"].values()
     assert again["stages"]["zero-shot"]["attention"] == attention
+
+
+def test_load_for_eval_sets_the_training_matmul_precision(checkpoint, monkeypatch):
+    """Every evaluation of a checkpoint runs with the float32 matmul precision training used (TF32 on CUDA), also
+    in a fresh process where training did not run first."""
+    import siattn.evaluation.checkpoints as checkpoints
+
+    devices = []
+    monkeypatch.setattr(checkpoints, "use_tf32", devices.append)
+    checkpoints.load_for_eval(checkpoint, "cpu")
+    assert [torch.device(d) for d in devices] == [torch.device("cpu")]

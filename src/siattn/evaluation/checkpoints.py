@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from siattn.precision import use_tf32
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: CUDA when available, else CPU; anything else is passed to ``torch.device``."""
@@ -110,9 +112,11 @@ def load_for_eval(path: str | Path, device: torch.device | str = "cpu", *, label
     """Load a checkpoint (a checkpoint folder or a run folder: its newest) in eval mode on ``device``;
     ``method``: evaluate under a method that extends the trained one (see :func:`siattn.training.load_checkpoint`).
     Folders of another registered format (:data:`CHECKPOINT_LOADERS`: Hugging Face model folders once
-    :mod:`siattn.hf` is imported) go to their loader."""
+    :mod:`siattn.hf` is imported) go to their loader. On CUDA it turns TF32 on, as training does
+    (:func:`siattn.precision.use_tf32`)."""
     from siattn.training import TrainConfig, load_checkpoint
 
+    use_tf32(device)  # the float32 matmul precision the model was trained with
     other = _other_loader(path)
     if other is not None:
         return other.load(path, device, label=label, attn_backend=attn_backend, method=method)

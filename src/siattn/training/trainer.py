@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from siattn.io import write_json
 from siattn.model import GPT
 from siattn.precision import autocast as precision_autocast
+from siattn.precision import use_tf32
 from siattn.training.checkpointing import (
     CHECKPOINTS,
     CheckpointError,
@@ -180,9 +181,7 @@ def _prepare_run_dir(run_dir: Path, resume: str | Path | None, overwrite: bool, 
 def _build_model(config: TrainConfig, device: torch.device) -> tuple[GPT, OptimizerSet]:
     """The model (initialised from ``config.seed``) on ``device`` and its optimisers."""
     torch.manual_seed(config.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    use_tf32(device)
     model = GPT(config.model).to(device)
     return model, build_optimizer(model, config)
 
