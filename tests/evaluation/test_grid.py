@@ -106,6 +106,61 @@ def test_a_run_stopped_in_its_evaluation_goes_on_from_its_scratch_folder(tmp_pat
     assert set(grid.finished_phases(scratch / "tiny" / "rope-s0", same)) == {"train", "eval", "needle", "passkey"}
 
 
+@pytest.mark.slow
+def test_a_run_stopped_in_its_needle_phase_takes_it_up_at_the_unfinished_step(tmp_path, tiny_data, monkeypatch):
+    """Fine-tuned weights, each method's accuracy per length and its attention measurement are kept as they finish:
+    a second attempt does only what is missing and writes what one attempt run through writes."""
+    from siattn.analysis import needle_attention as attention_module
+    from siattn.evaluation import needle as needle_module
+
+    study = dataclasses.replace(tiny_study(tiny_data), passkey=dataclasses.replace(TINY, task="passkey", trials=1))
+    through = grid.run_one(study, "rope-s0", tmp_path / "through", scratch=tmp_path / "scratch-through",
+                           device="cpu", progress=False)
+
+    calls = {"finetune": 0, "evaluate_length": 0, "needle_attention": 0}
+    real = {name: getattr(module, name) for name, module in (
+        ("finetune", needle_module), ("evaluate_length", needle_module), ("needle_attention", attention_module))}
+
+    def counted(name, module, stop_at=None):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            if calls[name] == stop_at:
+                raise KeyboardInterrupt("stopped at the deadline")
+            return real[name](*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted("finetune", needle_module)
+    counted("evaluate_length", needle_module)
+    counted("needle_attention", attention_module, stop_at=1)  # rope's accuracy is kept, its attention not yet
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    with pytest.raises(KeyboardInterrupt):
+        grid.run_one(study, "rope-s0", out, scratch=scratch, device="cpu", progress=False)
+    assert calls == {"finetune": 1, "evaluate_length": 2, "needle_attention": 1}
+
+    calls.update(finetune=0, evaluate_length=0, needle_attention=0)
+    counted("needle_attention", attention_module)
+    folder = grid.run_one(study, "rope-s0", out, scratch=scratch, device="cpu", progress=False)
+    # needle: no fine-tuning, rope-ntk's two lengths, both attention measurements; then passkey from the start
+    assert calls == {"finetune": 1, "evaluate_length": 2 + 4, "needle_attention": 2 + 2}
+
+    def numbers(run_folder):
+        result = json.loads((run_folder / "needle.json").read_text())
+        return (result["finetune"]["losses"],
+                {m: (r["lengths"], r["attention"]) for m, r in result["methods"].items()})
+
+    assert numbers(folder) == numbers(through)
+    assert json.loads((folder / "needle.json").read_text())["reused_seconds"] > 0
+
+    # another needle protocol on the same training: the needle phase is made again (in a folder of its own), the
+    # loss and passkey phases are kept
+    calls.update(finetune=0, evaluate_length=0, needle_attention=0)
+    other = dataclasses.replace(study, needle=dataclasses.replace(TINY, trials=3))
+    summary = json.loads((grid.run_one(other, "rope-s0", tmp_path / "other", scratch=scratch, device="cpu",
+                                       progress=False) / "run.json").read_text())
+    assert calls == {"finetune": 1, "evaluate_length": 4, "needle_attention": 2}
+    assert summary["reused_phases"] == ["eval", "passkey", "train"]
+
+
 def _fake_run(out, study, spec, val, needle):
     folder = out / "runs" / spec.run_id
     folder.mkdir(parents=True)

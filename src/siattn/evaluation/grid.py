@@ -16,14 +16,16 @@ results (never its checkpoint) to ``OUT/runs/<run id>/``:
 :func:`summarize` reads whatever run folders exist and writes ``table.md`` / ``table.json`` (mean ± standard
 error over seeds) and the plots. A run is the unit of resumption across machines: an interrupted run leaves
 nothing under ``OUT/runs``. On the machine where it was interrupted, its scratch folder keeps what it finished
-(``phases/``: the training, once its final checkpoint is written, and each evaluation phase), so the same command
-run again there goes on from that point instead of training again.
+(``phases/``: the training, once its final checkpoint is written, each evaluation phase, and inside the needle and
+passkey phases each finished step: the fine-tuned weights, each method's accuracy per length, its attention
+measurement), so the same command run again there goes on from that point instead of doing it again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -262,10 +264,15 @@ def loss_by_length(model: torch.nn.Module, tokens: Any, lengths: Sequence[int], 
 
 def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Module]], base: torch.nn.Module,
               train_config: Any, ds: Any, lengths: Sequence[int], train_length: int, progress: bool,
-              log: Callable[[str], Any]) -> dict[str, Any]:
+              log: Callable[[str], Any], partial: Path | None = None) -> dict[str, Any]:
     """Fine-tune ``base`` (in place) on the protocol's task at ``train_length``, then evaluate it under every
     method of ``models`` (name -> a function that returns the fine-tuned weights under that method) and measure
-    where its attention goes at each length (:mod:`siattn.analysis.needle_attention`)."""
+    where its attention goes at each length (:mod:`siattn.analysis.needle_attention`).
+
+    ``partial``: a folder where each step is kept as it finishes (the fine-tuned weights; each method's accuracy
+    at each length, then its attention measurement), so that an attempt stopped part-way is taken up by the next
+    at the first unfinished step, with the same result as one attempt run through. ``reused_seconds`` in the
+    result: the time earlier attempts spent on the steps this one took over."""
     from siattn.analysis.needle_attention import NeedleAttentionConfig, needle_attention
     from siattn.evaluation.needle import decoding_model, evaluate_retrieval, finetune
     from siattn.evaluation.passkey import retrieval_task
@@ -275,25 +282,94 @@ def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Modul
     def task(split: str) -> Any:
         return retrieval_task(protocol.task, ds.split(split), tok)
 
-    t0 = time.perf_counter()
-    ft = finetune(base, task("train"), length=train_length, train_config=train_config, warmup=protocol.warmup,
-                  constant=protocol.constant, decay=protocol.decay, batch_size=protocol.batch_size,
-                  micro_batch_size=protocol.micro_batch_size, seed=protocol.seed, progress=progress, log=log)
-    ft["seconds"] = round(time.perf_counter() - t0, 1)
-    out: dict[str, Any] = {"protocol": dataclasses.asdict(protocol), "finetune": ft, "methods": {}}
-    for name, make in models.items():
+    def run_finetune() -> dict[str, Any]:
         t0 = time.perf_counter()
-        results = evaluate_retrieval(decoding_model(make()), task("val"), lengths, protocol.trials,
-                                     seed=protocol.seed, eod_id=tok.eod_id, decode=tok.decode,
-                                     margin=protocol.margin, progress=progress)
-        out["methods"][name] = {"seconds": round(time.perf_counter() - t0, 1),
+        ft = finetune(base, task("train"), length=train_length, train_config=train_config,
+                      warmup=protocol.warmup, constant=protocol.constant, decay=protocol.decay,
+                      batch_size=protocol.batch_size, micro_batch_size=protocol.micro_batch_size, seed=protocol.seed,
+                      progress=progress, log=log)
+        ft["seconds"] = round(time.perf_counter() - t0, 1)
+        return ft
+
+    ft, reused = _finetuned(base, partial, run_finetune, log)
+    out: dict[str, Any] = {"protocol": dataclasses.asdict(protocol), "finetune": ft, "methods": {}}
+    reused_seconds = ft["seconds"] if reused else 0.0
+    for name, make in models.items():
+        step = _PartialSteps(partial / f"{name}.json" if partial is not None else None)
+        reused_seconds += step.record["seconds"] + step.record.get("attention_seconds", 0.0)
+        if any(str(length) not in step.record["lengths"] for length in lengths):
+            done = {int(k): v for k, v in step.record["lengths"].items()}
+            evaluate_retrieval(decoding_model(make()), task("val"), lengths, protocol.trials, done=done,
+                               on_result=step.keep_length, seed=protocol.seed, eod_id=tok.eod_id,
+                               decode=tok.decode, margin=protocol.margin, progress=progress)
+        results = {int(k): v for k, v in step.record["lengths"].items()}
+        out["methods"][name] = {"seconds": step.record["seconds"],
                                 "lengths": {str(k): v for k, v in sorted(results.items())}}
         if protocol.attention_trials:
-            cfg = NeedleAttentionConfig(lengths=tuple(lengths), trials=protocol.attention_trials,
-                                        seed=protocol.seed)
-            out["methods"][name]["attention"] = needle_attention(make(), task("val"), cfg)
+            if "attention" not in step.record:
+                cfg = NeedleAttentionConfig(lengths=tuple(lengths), trials=protocol.attention_trials,
+                                            seed=protocol.seed)
+                t0 = time.perf_counter()
+                step.keep("attention", needle_attention(make(), task("val"), cfg), time.perf_counter() - t0)
+            out["methods"][name]["attention"] = step.record["attention"]
         log(f"{protocol.task} {name}: " + ", ".join(f"@{k} {v['accuracy']:.3f}" for k, v in sorted(results.items())))
+    out["reused_seconds"] = round(reused_seconds, 1)
     return out
+
+
+class _PartialSteps:
+    """One method's retrieval steps as they finish ({"seconds", "lengths", "attention", "attention_seconds"}),
+    kept in ``path`` (JSON, written atomically after each step) when a path is given."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.record: dict[str, Any] = (read_json(path) if path is not None else None) or {"seconds": 0.0,
+                                                                                           "lengths": {}}
+        self._since = time.perf_counter()
+
+    def keep_length(self, length: int, result: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        self.record["lengths"][str(length)] = result
+        self.record["seconds"] = round(self.record["seconds"] + now - self._since, 1)
+        self._since = now
+        self._write()
+
+    def keep(self, key: str, value: Any, seconds: float) -> None:
+        self.record[key] = value
+        self.record[f"{key}_seconds"] = round(seconds, 1)
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            write_json(self.path, self.record)
+
+
+def _finetuned(base: torch.nn.Module, folder: Path | None, run_finetune: Callable[[], dict[str, Any]],
+               log: Callable[[str], Any]) -> tuple[dict[str, Any], bool]:
+    """(the fine-tuning record, whether it was reused): ``run_finetune()`` (fine-tunes ``base`` in place), its
+    weights and record then kept in ``folder/finetuned``; or, when an earlier attempt left them there and they
+    verify, those weights loaded into ``base`` and that record."""
+    from siattn.training.checkpointing import (
+        CheckpointError,
+        load_model_state,
+        read_checkpoint_state,
+        save_checkpoint,
+    )
+
+    if folder is None:
+        return run_finetune(), False
+    saved = folder / "finetuned"
+    if saved.exists():
+        try:
+            checkpoint, state = read_checkpoint_state(saved)
+            load_model_state(base, checkpoint, next(base.parameters()).device)
+            log(f"fine-tuned weights of an earlier attempt: {saved}")
+            return state["extra"]["finetune"], True
+        except (CheckpointError, KeyError, OSError) as err:
+            log(f"{saved}: not usable ({err}); fine-tuning again")
+    ft = run_finetune()
+    save_checkpoint(saved, model=base, config=base.config, extra={"finetune": ft}, save_rng=False)
+    return ft, False
 
 
 def under_method(model: torch.nn.Module, method: str) -> torch.nn.Module:
@@ -310,6 +386,17 @@ def under_method(model: torch.nn.Module, method: str) -> torch.nn.Module:
 def _save_phase(run_dir: Path, name: str, result: Any, seconds: float) -> None:
     """Keep a finished phase of a run in its scratch folder (atomically)."""
     write_json(run_dir / PHASES / f"{name}.json", {"result": result, "seconds": seconds})
+
+
+def _digest(obj: Any) -> str:
+    """A short stable name for a JSON-able value (sha256 of its canonical JSON)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _same_retrieval(result: dict[str, Any], asked: dict[str, Any]) -> bool:
+    """Whether a kept retrieval phase was made with ``asked``'s protocol, at its lengths, under its methods."""
+    return (result.get("protocol") == asked["protocol"] and list(result.get("methods", {})) == asked["methods"]
+            and all(sorted(map(int, r["lengths"])) == sorted(asked["lengths"]) for r in result["methods"].values()))
 
 
 def finished_phases(run_dir: Path, config: Any) -> dict[str, dict[str, Any]]:
@@ -394,15 +481,18 @@ def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str 
 
     retrieved = {}
     for protocol in (study.needle, study.passkey):
-        if protocol.task in done:
+        asked = {"protocol": dataclasses.asdict(protocol), "lengths": lengths, "methods": methods}
+        if protocol.task in done and _same_retrieval(done[protocol.task]["result"], asked):
             retrieved[protocol.task] = done[protocol.task]["result"]
             continue
+        done.pop(protocol.task, None)
         t0 = time.perf_counter()
         base = load_for_eval(checkpoint, info.device).model
         models = {m: (lambda m=m, b=base: under_method(b, m)) for m in methods}
+        partial = run_dir / PHASES / protocol.task / _digest(asked)  # another protocol: another folder
         retrieved[protocol.task] = retrieval(protocol, models, base, ckpt.train_config, ds, lengths, L, progress,
-                                             log)
-        phases[protocol.task] = time.perf_counter() - t0
+                                             log, partial=partial)
+        phases[protocol.task] = time.perf_counter() - t0 + retrieved[protocol.task]["reused_seconds"]
         _save_phase(run_dir, protocol.task, retrieved[protocol.task], phases[protocol.task])
 
     reused = {name: phase["seconds"] for name, phase in done.items()}

@@ -10,8 +10,9 @@ scratch folder (``--scratch``, default ``runs/reproduce``), is evaluated there (
 passkey after their fine-tuning, extension methods on its checkpoint) and leaves only its compact results in
 ``OUT/runs/<run id>/``; runs already there are not done again. So a grid that does not fit one machine lease
 goes on over several: commit ``OUT`` after each, and the next call picks up the runs still missing. A run stopped
-part-way (``--deadline``, a crash) keeps its finished phases in its scratch folder: the same command run again on
-that machine trains it no more and does only the phases still missing.
+part-way (``--deadline``, a crash) keeps what it finished in its scratch folder (the training, the loss phase, and
+of the needle and passkey phases the fine-tuned weights and each finished length and measurement): the same
+command run again on that machine does only what is still missing.
 """
 
 from __future__ import annotations
