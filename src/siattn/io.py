@@ -5,6 +5,7 @@ The lowest layer of siattn beside the schedule and precision: every other packag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -20,6 +21,12 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def json_sha256(obj: Any) -> str:
+    """The sha256 (hex) of ``obj``'s canonical JSON (``json.dumps`` with sorted keys): a digest of a settings or
+    file list that does not depend on dict order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def write_text(path: str | Path, text: str) -> Path:

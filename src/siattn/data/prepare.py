@@ -16,7 +16,6 @@ Everything is written into a temporary folder beside ``out_dir`` and renamed int
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -42,6 +41,7 @@ from siattn.data.tokenizer import (
     train_bpe,
 )
 from siattn.fileutil import remove_stale_temporaries
+from siattn.io import json_sha256
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 _BATCH_DOCS, _BATCH_BYTES = 1024, 8 << 20
@@ -109,8 +109,7 @@ def _request(source: str, tokenizer: str, val_fraction: float, text_field: str, 
 
 def _fingerprint(request: dict[str, Any], source_digest: str, tokenizer_id: str) -> str:
     key = {k: v for k, v in request.items() if k != "source"}
-    blob = json.dumps([VERSION, key, source_digest, tokenizer_id], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return json_sha256([VERSION, key, source_digest, tokenizer_id])
 
 
 def _tokenizer_identity(spec: str) -> tuple[str, Tokenizer | None]:

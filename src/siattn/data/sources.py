@@ -32,6 +32,7 @@ from typing import Any
 from siattn.data.errors import DataError
 from siattn.data.shards import read_nanogpt_header
 from siattn.data.tokenizer import sha256_file
+from siattn.io import json_sha256
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -290,7 +291,7 @@ class HFSource:
         for f in ds.cache_files:
             p = Path(f["filename"])
             files.append({"path": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)})
-        digest = hashlib.sha256(json.dumps([ds._fingerprint, files], sort_keys=True).encode()).hexdigest()
+        digest = json_sha256([ds._fingerprint, files])
         return {"kind": "hf", "name": self.name, "config": self.config, "from_disk": self.from_disk,
                 "split": self._split, "num_rows": ds.num_rows, "fingerprint": ds._fingerprint,
                 "n_files": len(files), "digest": digest, "files": files}
@@ -312,7 +313,7 @@ class NanoGPTSource:
     def describe(self) -> dict[str, Any]:
         files = [{"path": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p), "tokens": n}
                  for p, n in zip(self.paths, self.counts)]
-        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        digest = json_sha256(files)
         return {"kind": "nanogpt-bin", "roots": sorted({str(p.parent) for p in self.paths}),
                 "n_files": len(files), "tokens": sum(self.counts), "digest": digest, "files": files}
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from siattn.io import markdown_table, read_json, write_json, write_text
+from siattn.io import json_sha256, markdown_table, read_json, write_json, write_text
 
 RUNS = "runs"
 RUN_FILES = ("run.json", "metrics.jsonl", "eval.json", "needle.json", "passkey.json")
@@ -264,12 +263,12 @@ def loss_by_length(model: torch.nn.Module, tokens: Any, lengths: Sequence[int], 
 
 def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Module]], base: torch.nn.Module,
               train_config: Any, ds: Any, lengths: Sequence[int], train_length: int, progress: bool,
-              log: Callable[[str], Any], partial: Path | None = None) -> dict[str, Any]:
+              log: Callable[[str], Any], partial: Path) -> dict[str, Any]:
     """Fine-tune ``base`` (in place) on the protocol's task at ``train_length``, then evaluate it under every
     method of ``models`` (name -> a function that returns the fine-tuned weights under that method) and measure
     where its attention goes at each length (:mod:`siattn.analysis.needle_attention`).
 
-    ``partial``: a folder where each step is kept as it finishes (the fine-tuned weights; each method's accuracy
+    ``partial``: the folder where each step is kept as it finishes (the fine-tuned weights; each method's accuracy
     at each length, then its attention measurement), so that an attempt stopped part-way is taken up by the next
     at the first unfinished step, with the same result as one attempt run through. ``reused_seconds`` in the
     result: the time earlier attempts spent on the steps this one took over."""
@@ -295,7 +294,7 @@ def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Modul
     out: dict[str, Any] = {"protocol": dataclasses.asdict(protocol), "finetune": ft, "methods": {}}
     reused_seconds = ft["seconds"] if reused else 0.0
     for name, make in models.items():
-        step = _PartialSteps(partial / f"{name}.json" if partial is not None else None)
+        step = _PartialSteps(partial / f"{name}.json")
         reused_seconds += step.record["seconds"] + step.record.get("attention_seconds", 0.0)
         if any(str(length) not in step.record["lengths"] for length in lengths):
             done = {int(k): v for k, v in step.record["lengths"].items()}
@@ -319,12 +318,11 @@ def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Modul
 
 class _PartialSteps:
     """One method's retrieval steps as they finish ({"seconds", "lengths", "attention", "attention_seconds"}),
-    kept in ``path`` (JSON, written atomically after each step) when a path is given."""
+    kept in ``path`` (JSON, written atomically after each step)."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path):
         self.path = path
-        self.record: dict[str, Any] = (read_json(path) if path is not None else None) or {"seconds": 0.0,
-                                                                                           "lengths": {}}
+        self.record: dict[str, Any] = read_json(path) or {"seconds": 0.0, "lengths": {}}
         self._since = time.perf_counter()
 
     def keep_length(self, length: int, result: dict[str, Any]) -> None:
@@ -340,11 +338,10 @@ class _PartialSteps:
         self._write()
 
     def _write(self) -> None:
-        if self.path is not None:
-            write_json(self.path, self.record)
+        write_json(self.path, self.record)
 
 
-def _finetuned(base: torch.nn.Module, folder: Path | None, run_finetune: Callable[[], dict[str, Any]],
+def _finetuned(base: torch.nn.Module, folder: Path, run_finetune: Callable[[], dict[str, Any]],
                log: Callable[[str], Any]) -> tuple[dict[str, Any], bool]:
     """(the fine-tuning record, whether it was reused): ``run_finetune()`` (fine-tunes ``base`` in place), its
     weights and record then kept in ``folder/finetuned``; or, when an earlier attempt left them there and they
@@ -356,8 +353,6 @@ def _finetuned(base: torch.nn.Module, folder: Path | None, run_finetune: Callabl
         save_checkpoint,
     )
 
-    if folder is None:
-        return run_finetune(), False
     saved = folder / "finetuned"
     if saved.exists():
         try:
@@ -386,11 +381,6 @@ def under_method(model: torch.nn.Module, method: str) -> torch.nn.Module:
 def _save_phase(run_dir: Path, name: str, result: Any, seconds: float) -> None:
     """Keep a finished phase of a run in its scratch folder (atomically)."""
     write_json(run_dir / PHASES / f"{name}.json", {"result": result, "seconds": seconds})
-
-
-def _digest(obj: Any) -> str:
-    """A short stable name for a JSON-able value (sha256 of its canonical JSON)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _same_retrieval(result: dict[str, Any], asked: dict[str, Any]) -> bool:
@@ -489,7 +479,7 @@ def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str 
         t0 = time.perf_counter()
         base = load_for_eval(checkpoint, info.device).model
         models = {m: (lambda m=m, b=base: under_method(b, m)) for m in methods}
-        partial = run_dir / PHASES / protocol.task / _digest(asked)  # another protocol: another folder
+        partial = run_dir / PHASES / protocol.task / json_sha256(asked)[:16]  # another protocol: another folder
         retrieved[protocol.task] = retrieval(protocol, models, base, ckpt.train_config, ds, lengths, L, progress,
                                              log, partial=partial)
         phases[protocol.task] = time.perf_counter() - t0 + retrieved[protocol.task]["reused_seconds"]
