@@ -18,7 +18,7 @@ PACKAGE = "siattn"
 
 # lowest first; a module belongs to the layer of its longest listed prefix
 LAYERS: list[tuple[str, ...]] = [
-    ("siattn.schedule", "siattn.precision", "siattn.io", "siattn.plotting"),
+    ("siattn.schedule", "siattn.precision", "siattn.io", "siattn.plotting", "siattn.provenance"),
     ("siattn.positional",),
     ("siattn.backends",),
     ("siattn.methods",),

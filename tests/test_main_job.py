@@ -13,9 +13,10 @@ import pytest
 from siattn.cli import main
 
 TRAIN_SHARD_SHA256 = "f7850af0aa7620582caf6946a32f3b7b9c6ba27bd3c05327c447b35b4250035f"
-# val@512 and val@2048 (nats/byte) after 100 steps on the CPU: min and max of the named CPU runs (the project's AMD
-# EPYC, 1.596597 / 1.603794, and the GPU machine's Intel Xeon, 1.600933 / 1.603520), rounded outward to 4 decimals
-RANGE = {"512": (1.5965, 1.6010), "2048": (1.6035, 1.6038)}
+# val@512 and val@2048 (nats/byte) after 100 steps on the CPU: min and max of the named CPU runs (two AMD EPYC hosts,
+# 1.596597 / 1.603794 and 1.598350 / 1.606307, and the GPU machine's Intel Xeon, 1.600933 / 1.603520), rounded
+# outward to 4 decimals
+RANGE = {"512": (1.5965, 1.6010), "2048": (1.6035, 1.6064)}
 
 
 @pytest.mark.slow

@@ -68,6 +68,9 @@ def test_train_writes_a_complete_run_folder(dataset, tmp_path, capsys):
     config = json.loads((run / "config.json").read_text())
     assert config["train_config"]["model"]["p_rope_base"] == 8.0  # 1024 · 32 / 4096
     assert config["train_config"]["model"]["vocab_size"] == 257 and config["eval_tokens_per_length"] == 1024
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert config["dataset"]["fingerprint"] == manifest["fingerprint"]  # where it ran and on which data
+    assert config["hardware"].startswith("CPU ") and config["versions"]["torch"] and config["commit"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == 6 and summary["final_val"] == val[-1]["loss"]
     assert summary["unigram_entropy_val"] > 2.0

@@ -23,15 +23,11 @@ measurement), so the same command run again there goes on from that point instea
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
-import platform
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +38,7 @@ import numpy as np
 import torch
 
 from siattn.io import json_sha256, markdown_table, read_json, write_json, write_text
+from siattn.provenance import dataset_record, environment
 
 RUNS = "runs"
 RUN_FILES = ("run.json", "metrics.jsonl", "eval.json", "needle.json", "passkey.json")
@@ -210,36 +207,6 @@ def train_config(study: Study, spec: RunSpec, run_dir: Path) -> Any:
                                keep_checkpoints=1)
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """Commit, hardware and versions of the process that made a result."""
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
-    for name in ("triton", "tokenizers", "siattn"):
-        with contextlib.suppress(ImportError):
-            versions[name] = __import__(name).__version__
-    if device.type == "cuda":
-        hardware = f"{torch.cuda.get_device_name(device)} ({torch.version.cuda and 'CUDA ' + torch.version.cuda})"
-    else:
-        hardware = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-                   f"{torch.get_num_threads()} torch threads"
-    return {"commit": source_commit(), "hardware": hardware, "versions": versions,
-            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
-
-
-def source_commit() -> str:
-    """The commit the code ran at: ``SIATTN_COMMIT`` (set where the tree is a copy without .git), else git's
-    HEAD, with "+dirty" when tracked files differ from it; "unknown" outside a checkout."""
-    if os.environ.get("SIATTN_COMMIT"):
-        return os.environ["SIATTN_COMMIT"]
-    root = Path(__file__).resolve().parents[3]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty else "")
-
-
 def convergence(metrics: Sequence[dict[str, Any]], train_length: int) -> dict[str, Any]:
     """Relative improvement of validation loss at 1× over the last fifth of training (from the two last
     validations, which :func:`train_config` puts at 80% and 100% of the steps)."""
@@ -287,7 +254,7 @@ def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Modul
                       warmup=protocol.warmup, constant=protocol.constant, decay=protocol.decay,
                       batch_size=protocol.batch_size, micro_batch_size=protocol.micro_batch_size, seed=protocol.seed,
                       progress=progress, log=log)
-        ft["seconds"] = round(time.perf_counter() - t0, 1)
+        ft["seconds"] = round(time.perf_counter() - t0, 3)
         return ft
 
     ft, reused = _finetuned(base, partial, run_finetune, log)
@@ -312,7 +279,7 @@ def retrieval(protocol: Retrieval, models: dict[str, Callable[[], torch.nn.Modul
                 step.keep("attention", needle_attention(make(), task("val"), cfg), time.perf_counter() - t0)
             out["methods"][name]["attention"] = step.record["attention"]
         log(f"{protocol.task} {name}: " + ", ".join(f"@{k} {v['accuracy']:.3f}" for k, v in sorted(results.items())))
-    out["reused_seconds"] = round(reused_seconds, 1)
+    out["reused_seconds"] = round(reused_seconds, 3)
     return out
 
 
@@ -328,13 +295,13 @@ class _PartialSteps:
     def keep_length(self, length: int, result: dict[str, Any]) -> None:
         now = time.perf_counter()
         self.record["lengths"][str(length)] = result
-        self.record["seconds"] = round(self.record["seconds"] + now - self._since, 1)
+        self.record["seconds"] = round(self.record["seconds"] + now - self._since, 3)
         self._since = now
         self._write()
 
     def keep(self, key: str, value: Any, seconds: float) -> None:
         self.record[key] = value
-        self.record[f"{key}_seconds"] = round(seconds, 1)
+        self.record[f"{key}_seconds"] = round(seconds, 3)
         self._write()
 
     def _write(self) -> None:
@@ -493,11 +460,7 @@ def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str 
         "study": study.name, "run_id": run_id, "label": spec.label, "spec": dataclasses.asdict(spec),
         "command": f"siattn reproduce {study.name} --run {run_id} --out {out}",
         **env,
-        "dataset": {"path": str(ds.path), "fingerprint": ds.manifest.get("fingerprint"),
-                    "source_digest": ds.manifest.get("source", {}).get("digest"),
-                    "shards_sha256": {split: [s["sha256"] for s in ds.manifest["splits"][split]["shards"]]
-                                      for split in ("train", "val")},
-                    "train_tokens": train_tokens, "val_tokens": len(ds.val)},
+        "dataset": dataset_record(ds),
         "parameters": trained["parameters"], "tokens": tokens, "passes": tokens / train_tokens,
         "tokens_per_s": trained["tokens_per_s"], "train_config": ckpt.train_config.to_dict(),
         "convergence": convergence(metrics, L),

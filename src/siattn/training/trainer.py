@@ -3,6 +3,7 @@
 A run folder holds everything a run did:
 
     config.json      the full resolved TrainConfig + what was derived (world size, accumulation, device, ...)
+                     and where it ran: commit, hardware, versions, the dataset's fingerprint and shard sha256
     metrics.jsonl    one JSON object per line: {"kind": "train", "step", "loss", "lr_mult", "tokens", ...}
                      and {"kind": "val", "step", "loss": {"512": ..., "2048": ...}} (nats/token)
     checkpoints/     step_XXXXXX/ folders (siattn.training.checkpointing) and LATEST
@@ -38,6 +39,7 @@ from siattn.io import write_json
 from siattn.model import GPT
 from siattn.precision import autocast as precision_autocast
 from siattn.precision import use_tf32
+from siattn.provenance import dataset_record, environment
 from siattn.training.checkpointing import (
     CHECKPOINTS,
     CheckpointError,
@@ -299,8 +301,8 @@ def train(config: TrainConfig, info: DistInfo | None = None, *, resume: str | Pa
                     "grad_accum": accum, "device": str(device), "parameters": n_params,
                     "tokens_per_step": config.tokens_per_step, "eval_lengths": lengths,
                     "eval_tokens_per_length": n_eval, "unigram_entropy_val": unigram,
-                    "train_tokens": len(ds.train), "epochs": epochs, "torch": torch.__version__,
-                    "python": sys.version.split()[0], "data": config.data}
+                    "train_tokens": len(ds.train), "epochs": epochs, "data": config.data,
+                    "dataset": dataset_record(ds), **environment(device)}
         write_json(run_dir / "config.json", resolved)
     log(f"{config.name}: {config.model.method}, {n_params / 1e6:.2f}M parameters, {config.steps} steps × "
         f"{config.batch_size} × {config.seq_len} tokens (micro-batch {micro}, accumulation {accum}, "
