@@ -73,11 +73,12 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def dataset_record(ds: Any) -> dict[str, Any]:
-    """What identifies a prepared dataset (a :class:`siattn.data.TokenDataset`): its fingerprint, the digest of
-    its source, each shard's sha256 and the token counts; compare these before comparing two runs' losses."""
+    """What identifies a dataset (a :class:`siattn.data.TokenDataset`): its fingerprint, the digest of its
+    source, each shard's sha256 and the token counts; compare these before comparing two runs' losses. nanoGPT
+    ``.bin`` shards carry no fingerprint or digests: those entries are None."""
     manifest = ds.manifest
     return {"path": str(ds.path), "fingerprint": manifest.get("fingerprint"),
-            "source_digest": manifest.get("source", {}).get("digest"),
-            "shards_sha256": {split: [s.get("sha256") for s in manifest.get("splits", {}).get(split, {}).get(
-                "shards", [])] for split in ("train", "val")},
+            "source_digest": manifest["source"].get("digest"),
+            "shards_sha256": {split: [s.get("sha256") for s in manifest["splits"][split]["shards"]]
+                              for split in ("train", "val")},
             "train_tokens": len(ds.train), "val_tokens": len(ds.val)}
