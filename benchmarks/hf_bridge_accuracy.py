@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for hf_bridge_accuracy.json and .md")
     args = parser.parse_args(argv)
     from siattn.backends import LogitTransform, choose_backend
-    from siattn.benchmarking.environment import versions
     from siattn.io import markdown_table, write_json, write_text
+    from siattn.provenance import environment
 
     dtype = getattr(torch, args.dtype)
     probe = torch.zeros(1, 9, 8, 64, device=args.device, dtype=dtype)
@@ -116,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                             for r in rows])
     print(table)
     if args.out is not None:
-        device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
         meta = {"command": " ".join(["benchmarks/hf_bridge_accuracy.py", *(argv or sys.argv[1:])]),
-                "device": device, "auto_backend": auto, "versions": versions(),
+                "device": args.device, "auto_backend": auto, **environment(torch.device(args.device)),
                 "settings": vars(args) | {"out": str(args.out)}}
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(args.out / "hf_bridge_accuracy.json", meta | {"rows": rows})

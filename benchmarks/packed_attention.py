@@ -144,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     print(table)
     if args.out is not None:
-        from siattn.benchmarking.environment import versions
+        from siattn.provenance import environment
 
         args.out.mkdir(parents=True, exist_ok=True)
         meta = {"command": " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
-                "device": torch.cuda.get_device_name() if CUDA else "cpu (Triton interpreter)", **versions()}
+                "device": torch.cuda.get_device_name() if CUDA else "cpu (Triton interpreter)",
+                **environment(torch.device("cuda" if CUDA else "cpu"))}
         (args.out / "packed_attention.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
         (args.out / "README.md").write_text("# Packed documents on the fused kernel\n\n"
                                             f"`{meta['command']}` on {meta['device']}.\n\n" + table)

@@ -10,7 +10,9 @@ def test_bench_accuracy_writes_rows_within_the_bound_for_chunked(tmp_path, capsy
     code = main(["bench", "accuracy", "--device", "cpu", "--suite", "small", "--backends", "chunked,reference",
                  "--seeds", "1", "--transforms", "scale-invariant", "--out", str(out), "--md", str(md)])
     assert code == 0
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert result["commit"] and result["hardware"].startswith("CPU ") and result["versions"]["torch"]
     assert len(rows) == 3 * 2  # three small cases × two backends
     assert all(row["failures"] == [] for row in rows), rows
     assert "6 of 6 rows within the bound" in md.read_text()

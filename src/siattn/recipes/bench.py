@@ -32,7 +32,6 @@ from siattn.benchmarking import accuracy as accuracy_module
 from siattn.benchmarking.config import AccuracyBenchConfig, AttentionBenchConfig
 from siattn.benchmarking.cpu import reference_bytes, run_case_subprocess
 from siattn.benchmarking.cuda import add_ratios, copy_bandwidth, sdpa_default_kernels, time_decode, time_prefill
-from siattn.benchmarking.environment import versions
 from siattn.io import write_text
 from siattn.recipes.arguments import Command
 
@@ -65,6 +64,8 @@ def _attention_main(args: AttentionBenchConfig, _: argparse.Namespace | None = N
 def run_cuda(args: AttentionBenchConfig) -> dict:
     import torch
 
+    from siattn.provenance import environment
+
     if not torch.cuda.is_available():
         raise SystemExit("--device cuda needs a CUDA GPU (use --device cpu here)")
     import torch._dynamo
@@ -79,7 +80,7 @@ def run_cuda(args: AttentionBenchConfig) -> dict:
     dim = args.head_dim or 128
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     kernel = KernelOptions(autotune=bool(args.autotune))
-    result = {"bench": "attention", "device": "cuda", "versions": versions(),
+    result = {"bench": "attention", "device": "cuda", **environment(torch.device("cuda")),
               "command": " ".join(sys.argv), "dtype": "bfloat16", "causal": True, "tau": args.tau,
               "flops_convention": "fwd = 4·B·H·T²·D/2 (causal); fwd+bwd = 3.5 × fwd",
               "timing": f"triton.testing.do_bench median, rep {args.rep_ms} ms", "prefill": [], "decode": []}
@@ -131,7 +132,7 @@ def _fmt(x, spec=".3f"):
 
 def cuda_markdown(result: dict) -> str:
     v = result["versions"]
-    lines = [f"GPU: {v.get('gpu')}; torch {v['torch']}, triton {v.get('triton')}, CUDA {v.get('cuda')}; "
+    lines = [f"GPU: {result['hardware']}; torch {v['torch']}, triton {v.get('triton')}; commit {result['commit']}; "
              f"bf16, causal, τ = {result['tau']}; {result['timing']}; {result['flops_convention']}.", "",
              f"Device-to-device copy: {result['copy']['gbps']:.0f} GB/s (bytes read + written).", "",
              f"SDPA default (no backend forced) ran: {result.get('sdpa_default_kernels', '?')}.", "",
@@ -165,7 +166,10 @@ def cuda_markdown(result: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------------- CPU
 def run_cpu(args: AttentionBenchConfig) -> dict:
+    import torch
     from tqdm import tqdm
+
+    from siattn.provenance import environment
 
     heads = args.heads or 4
     dim = args.head_dim or 64
@@ -176,8 +180,9 @@ def run_cpu(args: AttentionBenchConfig) -> dict:
             modes = ["fwd"] + (["fwd+bwd"] if args.backward and length <= args.backward_max_length else [])
             for mode in modes:
                 cases.append((length, backend, mode))
-    result = {"bench": "attention", "device": "cpu", "versions": versions(), "command": " ".join(sys.argv),
-              "dtype": "float32", "B": 1, "H": heads, "D": dim, "tau": args.tau, "causal": True,
+    result = {"bench": "attention", "device": "cpu", **environment(torch.device("cpu")),
+              "command": " ".join(sys.argv), "dtype": "float32", "B": 1, "H": heads, "D": dim, "tau": args.tau,
+              "causal": True,
               "memory_method": "peak RSS during the first call minus RSS before it (VmHWM reset via "
                                 "/proc/self/clear_refs; else ru_maxrss growth), fresh subprocess per case",
               "timing": f"wall clock, median of {args.repeats} calls after a warm-up call", "rows": []}
@@ -210,10 +215,9 @@ def _cpu_line(row: dict) -> str:
 
 
 def cpu_markdown(result: dict) -> str:
-    v = result["versions"]
-    lines = [f"CPU ({v['platform']}), torch {v['torch']}; float32, B = 1, H = {result['H']}, D = {result['D']}, "
-             f"causal, scale-invariant τ = {result['tau']}. Time: {result['timing']}. "
-             f"Memory: {result['memory_method']}.", "",
+    lines = [f"{result['hardware']}; torch {result['versions']['torch']}; commit {result['commit']}; float32, "
+             f"B = 1, H = {result['H']}, D = {result['D']}, causal, scale-invariant τ = {result['tau']}. "
+             f"Time: {result['timing']}. Memory: {result['memory_method']}.", "",
              "| T | backend | mode | ms | peak MB |", "| --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
         if "skipped" in r or "error" in r:
@@ -230,6 +234,7 @@ def _accuracy_main(args: AccuracyBenchConfig, _: argparse.Namespace | None = Non
     from siattn.backends import LogitTransform
     from siattn.errors import UsageError, check_output_folder
     from siattn.io import markdown_table
+    from siattn.provenance import environment
 
     for name in ("out", "md"):
         check_output_folder(f"--{name}", Path(getattr(args, name)).parent if getattr(args, name) else None)
@@ -249,7 +254,8 @@ def _accuracy_main(args: AccuracyBenchConfig, _: argparse.Namespace | None = Non
                 f"{args.factor} × err(plain {args.dtype} formula) + float32 eps; triton row term: {args.row_term}."
                 f"\n\n{markdown_table(table[0], table[1:])}\n\n{len(rows) - len(failed)} of {len(rows)} rows "
                 "within the bound.")
-    result = {"config": dataclasses.asdict(args), "versions": versions(), "rows": [r.as_dict() for r in rows]}
+    result = {"config": dataclasses.asdict(args), **environment(torch.device(args.device)),
+              "rows": [r.as_dict() for r in rows]}
     _write(args, result, markdown)
     return 0
 
