@@ -61,6 +61,8 @@ def test_a_run_writes_its_results_and_the_table_reads_them(tmp_path, tiny_data):
     assert "| rope | 1 |" in table and "| rope-ntk | 1 |" in table
     assert (out / "table.md").exists() and (out / "loss-by-length.png").exists()
     assert (out / "needle-heatmaps.png").exists() and (out / "training-curves.png").exists()
+    assert "| rope-ntk | 1 |" in (out / "table.md").read_text().split("needle attention@1×")[1]
+    assert (out / "needle-attention.png").exists()
 
 
 @pytest.mark.slow
@@ -186,6 +188,32 @@ def test_seeds_are_averaged_with_their_standard_error(tmp_path):
     assert len(lines) == 3, "alibi has no run yet: no row"
     rows = json.loads((tmp_path / "table.json").read_text())["rows"]
     assert rows["rope"]["val@4"]["n"] == 2 and math.isclose(rows["rope"]["val@4"]["se"], 0.2)
+
+
+def _attention(masses, uniform):
+    """A needle_attention result with one layer of two heads: the best head's mass at each length is masses[i]."""
+    return {"lengths": {str(n): {"mass": [[m, m / 2]], "uniform": uniform, "best_head": {"layer": 0, "head": 0,
+                                                                                           "mass": m}}
+                        for n, m in zip((512, 2048), masses)}}
+
+
+def test_attention_on_the_needles_is_averaged_over_the_runs_that_measured_it(tmp_path):
+    study = Study(name="t", question="q", preset="cpu-tiny", multipliers=(1, 4),
+                  runs=(RunSpec("rope", seed=0), RunSpec("rope", seed=1), RunSpec("rope", seed=2),
+                        RunSpec("alibi")))
+    for spec, masses in zip(study.runs, ([0.9, 0.5], [0.7, 0.3], None, None)):
+        _fake_run(tmp_path, study, spec, [1.0, 2.0], [1.0, 0.0])
+        if masses is not None:  # seed 2 and alibi: made before the measurement existed
+            result = {"methods": {"rope": {"lengths": {}, "attention": _attention(masses, 0.01)}}}
+            (tmp_path / "runs" / spec.run_id / "needle.json").write_text(json.dumps(result))
+    grid.summarize(study, tmp_path)
+    text = (tmp_path / "table.md").read_text()
+    assert "| rope | 2 | 0.800 ± 0.100 | 0.400 ± 0.100 | — | — |" in text
+    assert "| alibi |" not in text.split("needle attention@1×")[1]
+    assert "| uniform share |  | 0.0100 | 0.0100 | — | — |" in text
+    rows = json.loads((tmp_path / "table.json").read_text())["rows"]
+    assert rows["rope"]["attention_needle@4"] == {"mean": pytest.approx(0.4), "se": pytest.approx(0.1), "n": 2}
+    assert (tmp_path / "needle-attention.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_an_unfinished_run_folder_is_not_counted(tmp_path):

@@ -22,6 +22,7 @@ COMMANDS: dict[str, list[str]] = {
     "generate": ["--checkpoint", "runs/a", "--prompt", "def f("],
     "analyze theory": [],
     "analyze model": ["--checkpoint", "runs/a", "--length", "4x"],
+    "analyze needle": ["--checkpoint", "runs/a", "--task", "passkey"],
     "bench attention": ["--sizes", "1kx2", "--decode-lengths", ""],
     "bench accuracy": ["--device", "cpu", "--suite", "small"],
     "data prepare": ["some/folder"],

@@ -1,6 +1,8 @@
 """The options of ``siattn analyze``: :class:`TheoryRun` (a :class:`~siattn.analysis.theory.TheoryConfig` and
-where its files go) and :class:`ModelAnalysisConfig` (which checkpoints, and the window settings from which each
-checkpoint's :class:`~siattn.analysis.model_stats.ModelStatsConfig` is made)."""
+where its files go), :class:`ModelAnalysisConfig` (which checkpoints, and the window settings from which each
+checkpoint's :class:`~siattn.analysis.model_stats.ModelStatsConfig` is made) and :class:`NeedleAttentionRun`
+(which checkpoints, and the settings of each one's
+:class:`~siattn.analysis.needle_attention.NeedleAttentionConfig`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from siattn.analysis.model_stats import ModelStatsConfig
+from siattn.analysis.needle_attention import NeedleAttentionConfig
 from siattn.analysis.theory import TheoryConfig
 from siattn.errors import UsageError
 from siattn.options import check_options, option
@@ -69,3 +72,39 @@ class ModelAnalysisConfig:
         return ModelStatsConfig(length=window_length(self.length, train_length), queries=self.queries,
                                 windows=self.windows, layers=tuple(self.layers) if self.layers else None,
                                 seed=self.seed)
+
+
+@dataclass(kw_only=True)
+class NeedleAttentionRun:
+    """Attention mass on the needle tokens of trained checkpoints, per layer and head (``siattn analyze needle``)."""
+
+    checkpoint: list[str] = option(help="checkpoint folders or run folders (their newest checkpoint), e.g. the "
+                                   "fine-tuned weights that `siattn needle --save-finetuned` keeps", metavar="DIR")
+    task: str = option("needle", "needle: three city/number needles in validation text; passkey: one 5-digit key "
+                       "in filler sentences", choices=("needle", "passkey"))
+    multipliers: list[int] = option(default_factory=lambda: [1, 16], min=1, metavar="M",
+                                    help="prompt lengths as multiples of each checkpoint's training length")
+    lengths: list[int] | None = option(None, "prompt lengths in tokens (override --multipliers)", min=2,
+                                       metavar="T")
+    trials: int = option(NeedleAttentionConfig.trials, "examples per length (the evaluation's first N, the same "
+                         "as `siattn needle --seed`)", min=1)
+    seed: int = option(NeedleAttentionConfig.seed, "seed of the examples", min=0)
+    layers: list[int] | None = option(None, "layers to measure (default: all)", min=0, metavar="L")
+    data: str | None = option(None, "prepared dataset whose validation split gives the haystacks (default: the "
+                              "checkpoint's training data)", metavar="PATH")
+    method: str | None = option(None, "measure under a method that extends the trained one: rope-ntk or yarn on a "
+                                "rope checkpoint, logn-ntk on a logn-rope one", metavar="METHOD")
+    out: str = option("runs/analysis-needle", "output folder: {task}-attention.json and .md, the comparison "
+                      "figure, a folder per checkpoint with its layers × heads heat maps")
+    device: str = option("auto", "auto (CUDA if available), cpu, cuda, ...")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        self.checkpoint = [str(c) for c in self.checkpoint]
+        if not self.checkpoint:
+            raise UsageError("checkpoint must name at least one checkpoint or run folder")
+
+    def attention_config(self, lengths: list[int]) -> NeedleAttentionConfig:
+        """The measurement's settings at ``lengths`` (one checkpoint's prompt lengths)."""
+        return NeedleAttentionConfig(lengths=tuple(lengths), trials=self.trials, seed=self.seed,
+                                     layers=tuple(self.layers) if self.layers else None)

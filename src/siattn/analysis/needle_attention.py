@@ -12,12 +12,17 @@ and summed over the keys of the needle sentences:
 beside the share of those keys among the keys the row sees (what uniform attention would give), so that
 ``mass / uniform`` is the needle's enrichment. A model that retrieves puts much of some heads' mass there; one
 that fails at long lengths spreads it or keeps it local.
+
+:func:`plot_mass_by_length` draws the best head's mass against the length for several models (one panel per
+task), :func:`plot_mass_maps` one model's layers × heads at each length.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +30,7 @@ import torch
 from siattn.analysis.model_stats import attention_scores, resolve_layers, run_attention_hooks
 from siattn.errors import check_int
 from siattn.evaluation.needle import RetrievalExample, RetrievalTask, example_rng
+from siattn.plotting import pyplot, save_figure
 
 
 @dataclass(frozen=True)
@@ -103,3 +109,60 @@ def needle_attention(model: torch.nn.Module, task: RetrievalTask, cfg: NeedleAtt
             "best_head": {"layer": layers[layer], "head": int(head), "mass": round(float(mean[layer, head]), 5)},
         }
     return results
+
+
+def best_head_mass(result: dict) -> dict[int, float]:
+    """length -> the best head's mass on the needle tokens in a :func:`needle_attention` result."""
+    return {int(length): cell["best_head"]["mass"] for length, cell in result["lengths"].items()}
+
+
+def uniform_share(result: dict) -> dict[int, float]:
+    """length -> the needle tokens' share of the keys (what attention spread evenly would put on them)."""
+    return {int(length): cell["uniform"] for length, cell in result["lengths"].items()}
+
+
+def plot_mass_by_length(panels: Sequence[dict[str, Any]], path: str | Path, *, title: str) -> Path:
+    """One panel per entry of ``panels`` (``title``; ``series``: dicts with ``label``, ``lengths`` and ``mass``,
+    the best head's mass at each length; ``uniform``: length -> uniform share, drawn dotted), the length on a
+    log-2 axis and the mass on a log axis from the uniform share up to 1."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for s in panel["series"]:
+            ax.plot(s["lengths"], s["mass"], marker="o", label=s["label"])
+        if panel.get("uniform"):
+            lengths = sorted(panel["uniform"])
+            ax.plot(lengths, [panel["uniform"][n] for n in lengths], "k:", lw=1.2, label="uniform share")
+        ax.set_xscale("log", base=2)
+        ax.set(yscale="log", xlabel="context length (tokens)", ylabel="best head's attention mass on the needle",
+               title=panel["title"])
+        ax.set_ylim(top=1.05)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=120)
+
+
+def plot_mass_maps(result: dict, path: str | Path, *, title: str) -> Path:
+    """Heat maps of one :func:`needle_attention` result: the mass of every layer (rows) and head (columns), one
+    panel per length, cells annotated."""
+    plt = pyplot()
+    lengths = sorted(result["lengths"], key=int)
+    layers = result["config"]["layers"]
+    heads = len(result["lengths"][lengths[0]]["mass"][0])
+    size = (len(lengths) * (0.6 * heads + 1.2) + 1.5, 0.5 * len(layers) + 1.8)
+    fig, axes = plt.subplots(1, len(lengths), figsize=size, squeeze=False, sharey=True)
+    image = None
+    for ax, length in zip(axes[0], lengths):
+        cell = result["lengths"][length]
+        mass = np.asarray(cell["mass"], dtype=float)
+        image = ax.imshow(mass, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        for (i, j), m in np.ndenumerate(mass):
+            ax.text(j, i, f"{m:.2f}", ha="center", va="center", fontsize=7, color="white" if m < 0.6 else "black")
+        ax.set_xticks(range(mass.shape[1]))
+        ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+        ax.set(xlabel="head", title=f"{length} tokens\nuniform {cell['uniform']:.4f}")
+    axes[0][0].set_ylabel("layer")
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.85, label="attention mass on the needle tokens")
+    fig.suptitle(title, fontsize=10, y=1.0 + 0.45 / fig.get_figheight())  # above the panels' two-line titles
+    return save_figure(fig, path, dpi=120)

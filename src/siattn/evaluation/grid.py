@@ -534,10 +534,32 @@ class Row:
     val: dict[int, list[float]] = field(default_factory=dict)
     needle: dict[int, list[float]] = field(default_factory=dict)
     passkey: dict[int, list[float]] = field(default_factory=dict)
+    # task -> multiple -> the best head's attention mass on the needle tokens / the uniform share, per run
+    attention: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    uniform: dict[str, dict[int, list[float]]] = field(default_factory=dict)
 
 
-def table_rows(study: Study, runs: dict[str, dict[str, Any]]) -> list[Row]:
-    """Rows in the order the study lists its runs' labels, extensions after their base."""
+TASKS = ("needle", "passkey")
+
+
+def attention_results(out: Path, run_id: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """task -> method -> the attention measurement (:func:`siattn.analysis.needle_attention.needle_attention`)
+    in a run folder's needle.json and passkey.json; runs made before the measurement existed have none."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for task in TASKS:
+        result = read_json(out / RUNS / run_id / f"{task}.json") or {}
+        for method, res in result.get("methods", {}).items():
+            if res.get("attention"):
+                found.setdefault(task, {})[method] = res["attention"]
+    return found
+
+
+def table_rows(study: Study, runs: dict[str, dict[str, Any]],
+               attention: dict[str, dict[str, dict[str, dict[str, Any]]]] | None = None) -> list[Row]:
+    """Rows in the order the study lists its runs' labels, extensions after their base. ``attention``: run id ->
+    :func:`attention_results` of that run."""
+    from siattn.analysis.needle_attention import best_head_mass, uniform_share
+
     rows: dict[str, Row] = {}
     for spec in study.runs:
         for method in (spec.method, *spec.extensions):
@@ -552,13 +574,20 @@ def table_rows(study: Study, runs: dict[str, dict[str, Any]]) -> list[Row]:
             for key in ("val", "needle", "passkey"):
                 for n, v in summary[key].get(method, {}).items():
                     getattr(row, key).setdefault(mult[int(n)], []).append(v)
+            for task, by_method in (attention or {}).get(spec.run_id, {}).items():
+                if method in by_method:
+                    for target, values in ((row.attention, best_head_mass(by_method[method])),
+                                           (row.uniform, uniform_share(by_method[method]))):
+                        for n, v in values.items():
+                            target.setdefault(task, {}).setdefault(mult[n], []).append(v)
     return [r for r in rows.values() if r.runs]
 
 
 def summarize(study: Study, out: Path) -> str:
     """Write ``table.md``, ``table.json`` and the plots for the runs under ``out``; return the table."""
     runs = completed_runs(out)
-    rows = table_rows(study, runs)
+    attention = {run_id: attention_results(out, run_id) for run_id in runs}
+    rows = table_rows(study, runs, attention)
     if not rows:
         return "no completed runs yet\n"
     mults = sorted({m for r in rows for m in r.val})
@@ -575,24 +604,56 @@ def summarize(study: Study, out: Path) -> str:
         body.append([r.label, len(r.runs), *cells])
         data[r.label] = entry
     table = markdown_table(header, body)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "table.json", {"study": study.name, "rows": data})
     facts = sorted({(s["commit"], s["hardware"]) for s in runs.values()})
     lines = [f"# {study.name}: {study.question}\n", table,
              "val: validation loss (nats/token) at multiples of the training length, the same scored tokens at "
              "every length; needle: fraction of needles (3 per example) whose city and number are both right "
              "after fine-tuning; passkey: exact match after fine-tuning. Mean ± standard error over seeds "
              "where there are several. Extensions (rope-ntk, yarn, logn-ntk) are evaluated on the checkpoints "
-             "of the method they extend.\n",
-             "Runs (commit, hardware): " + "; ".join(f"`{c[:12]}` on {h}" for c, h in facts) + "\n",
-             f"Regenerate: `siattn reproduce {study.name} --table --out {out}`\n"]
+             "of the method they extend.\n"]
+    if any(r.attention for r in rows):
+        lines += [_attention_table(rows, mults, data),
+                  "Attention on the needles: the mass that the best head (the largest over layers and heads of the "
+                  "mean over examples) puts on the tokens of the needle sentences while the fine-tuned model reads "
+                  f"the answer, teacher-forced, on the first {study.needle.attention_trials} examples of each "
+                  "length (siattn.analysis.needle_attention); mean ± standard error over the runs that measured "
+                  "it (the runs column; runs made before the measurement existed have none). uniform: the needle "
+                  "tokens' share of the keys, what attention spread evenly would put on them.\n"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "table.json", {"study": study.name, "rows": data})
+    lines += ["Runs (commit, hardware): " + "; ".join(f"`{c[:12]}` on {h}" for c, h in facts) + "\n",
+              f"Regenerate: `siattn reproduce {study.name} --table --out {out}`\n"]
     write_text(out / "table.md", "\n".join(lines))
     plot_study(study, runs, rows, out)
     return table
 
 
+def _attention_table(rows: list[Row], mults: list[int], data: dict[str, Any]) -> str:
+    """The Markdown table of the rows' attention on the needles (and the uniform share); adds the cells to
+    ``data`` (table.json's rows) as ``attention_{task}@{m}``."""
+    header = ["method", "runs", *[f"{task} attention@{m}×" for task in TASKS for m in mults]]
+    body = []
+    for r in rows:
+        if not r.attention:
+            continue
+        cells = []
+        for task in TASKS:
+            for m in mults:
+                mean, se, n = mean_se(r.attention.get(task, {}).get(m, []))
+                cells.append(_cell(mean, se))
+                data[r.label][f"attention_{task}@{m}"] = {"mean": mean, "se": se, "n": n}
+        measured = max(len(v) for by_mult in r.attention.values() for v in by_mult.values())
+        body.append([r.label, measured, *cells])
+    uniform = [float(np.mean([v for r in rows for v in r.uniform.get(task, {}).get(m, [])] or [np.nan]))
+               for task in TASKS for m in mults]
+    body.append(["uniform share", "", *[None if math.isnan(u) else f"{u:.4f}" for u in uniform]])
+    return markdown_table(header, body)
+
+
 def plot_study(study: Study, runs: dict[str, dict[str, Any]], rows: list[Row], out: Path) -> None:
-    """loss-by-length.png (mean over seeds), training-curves.png (seed 0), needle-heatmaps.png (seed 0)."""
+    """loss-by-length.png (mean over seeds), training-curves.png (seed 0), needle-heatmaps.png (seed 0),
+    needle-attention.png (the best head's mass on the needles, mean over the runs that measured it)."""
+    from siattn.analysis.needle_attention import plot_mass_by_length
     from siattn.evaluation.needle import depth_accuracy
     from siattn.evaluation.plots import plot_depth_heatmaps, plot_loss_by_length
     from siattn.plotting import pyplot, save_figure
@@ -627,6 +688,21 @@ def plot_study(study: Study, runs: dict[str, dict[str, Any]], rows: list[Row], o
     save_figure(fig, out / "training-curves.png")
     if panels:
         plot_depth_heatmaps(panels, out / "needle-heatmaps.png", title="needle accuracy by depth and length (seed 0)")
+    mass_panels = []
+    for task in TASKS:
+        series = [{"label": r.label, "lengths": [m * train_length for m in sorted(r.attention[task])],
+                   "mass": [float(np.mean(r.attention[task][m])) for m in sorted(r.attention[task])]}
+                  for r in rows if r.attention.get(task)]
+        shares: dict[int, list[float]] = {}
+        for r in rows:
+            for m, values in r.uniform.get(task, {}).items():
+                shares.setdefault(m * train_length, []).extend(values)
+        uniform = {n: float(np.mean(v)) for n, v in shares.items()}
+        if series:
+            mass_panels.append({"title": task, "series": series, "uniform": uniform})
+    if mass_panels:
+        plot_mass_by_length(mass_panels, out / "needle-attention.png",
+                            title=f"{study.name}: the best head's attention on the needle tokens (fine-tuned)")
 
 
 def describe(study: Study, out: Path) -> str:

@@ -5,6 +5,8 @@ Sub-commands are listed in ``SUBCOMMANDS`` (name -> Command); add a new one by a
     siattn analyze theory --out results/theory     # IID N(0,1) scores: no scaling vs LogN vs scale-invariant
     siattn analyze model --checkpoint runs/cpu-tiny-si-p-rope runs/cpu-tiny-rope --length 4x
                                                    # the same metrics on trained models' logits, QQ plots
+    siattn analyze needle --checkpoint runs/needle/finetuned-needle/si-p-rope --multipliers 1 16
+                                                   # attention mass on the needle tokens, per layer and head
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import math
 import time
 from pathlib import Path
 
-from siattn.analysis.config import DEFAULT_DATA, ModelAnalysisConfig, TheoryRun
+from siattn.analysis.config import DEFAULT_DATA, ModelAnalysisConfig, NeedleAttentionRun, TheoryRun
 from siattn.io import write_json, write_text
 from siattn.recipes.arguments import Command
 
 HELP = ("Attention statistics: entropy, range entropy and recent-token mass for IID Gaussian logits (theory) "
-        "and for trained models' attention logits (model).")
+        "and for trained models' attention logits (model); attention on the needle tokens of retrieval "
+        "prompts (needle).")
 
 
 def _finite(obj):
@@ -116,6 +119,72 @@ def _model_main(args: ModelAnalysisConfig, _: argparse.Namespace | None = None) 
     return 0
 
 
+def _needle_main(args: NeedleAttentionRun, _: argparse.Namespace | None = None) -> int:
+    from tqdm import tqdm
+
+    from siattn.analysis.needle_attention import best_head_mass, needle_attention, plot_mass_by_length, plot_mass_maps
+    from siattn.errors import UsageError, check_output_folder
+    from siattn.evaluation.checkpoints import (
+        is_siattn_checkpoint,
+        load_checkpoints,
+        open_validation_data,
+        resolve_device,
+    )
+    from siattn.evaluation.lengths import eval_lengths, length_label
+    from siattn.evaluation.passkey import retrieval_task
+    from siattn.io import command_line, markdown_table
+    from siattn.provenance import environment
+
+    check_output_folder("--out", args.out)
+    foreign = [path for path in args.checkpoint if Path(path).exists() and not is_siattn_checkpoint(path)]
+    if foreign:
+        raise UsageError(f"checkpoint must be siattn GPT checkpoints (the measurement hooks their layers); not one: "
+                         f"{', '.join(foreign)}")
+    out = Path(args.out)
+    device = resolve_device(args.device)
+    summary = {"task": args.task, "command": command_line(args, "analyze needle"), **environment(device),
+               "checkpoints": {}}
+    for ckpt in load_checkpoints(args.checkpoint, device, method=args.method):
+        ds = open_validation_data(args.data, ckpt)
+        lengths = eval_lengths(ckpt.train_length, args.multipliers, args.lengths)
+        cfg = args.attention_config(lengths)
+        with tqdm(total=len(lengths) * cfg.trials, desc=f"{ckpt.label}: {args.task} attention",
+                  unit="example") as bar:
+            result = needle_attention(ckpt.model, retrieval_task(args.task, ds.val, ds.tokenizer), cfg,
+                                      progress=bar.update)
+        result |= {"checkpoint": ckpt.describe(), "data": str(ds.path), "train_length": ckpt.train_length}
+        folder = out / ckpt.label
+        write_json(folder / f"{args.task}-attention.json", result)
+        plot_mass_maps(result, folder / f"{args.task}-attention-maps.png",
+                       title=f"{ckpt.label} (step {ckpt.step}): attention mass on the {args.task} tokens")
+        summary["checkpoints"][ckpt.label] = result
+        del ckpt
+    lengths = sorted({int(n) for r in summary["checkpoints"].values() for n in r["lengths"]})
+    trains = {r["train_length"] for r in summary["checkpoints"].values()}
+    common = next(iter(trains)) if len(trains) == 1 else None
+    body = [[label, *[best_head_mass(r).get(n) for n in lengths]] for label, r in summary["checkpoints"].items()]
+    uniform = [next((r["lengths"][str(n)]["uniform"] for r in summary["checkpoints"].values()
+                     if str(n) in r["lengths"]), None) for n in lengths]
+    table = markdown_table(["checkpoint", *[length_label(n, common) for n in lengths]],
+                           [*body, ["uniform share", *uniform]])
+    write_json(out / f"{args.task}-attention.json", summary)
+    write_text(out / f"{args.task}-attention.md", "\n".join([
+        f"# Attention on the {args.task} tokens\n", table,
+        f"\nThe best head's attention mass on the {args.task} sentence tokens (the largest over layers and heads "
+        f"of the mean over {args.trials} examples per length, seed {args.seed}), while the model reads the answer "
+        "teacher-forced; uniform share: what attention spread evenly over the keys would give. Per layer and "
+        "head: each checkpoint's folder.\n",
+        f"Command: `{summary['command']}`  \nCommit {summary['commit']}; {summary['hardware']}; {summary['date']}\n"]))
+    series = [{"label": label, "lengths": sorted(best_head_mass(r)),
+               "mass": [best_head_mass(r)[n] for n in sorted(best_head_mass(r))]}
+              for label, r in summary["checkpoints"].items()]
+    plot_mass_by_length([{"title": args.task, "series": series,
+                          "uniform": {n: u for n, u in zip(lengths, uniform) if u is not None}}],
+                        out / f"{args.task}-attention.png", title="the best head's attention on the needle tokens")
+    print(f"{table}\nwrote {out / f'{args.task}-attention.md'}, .json, .png and a folder per checkpoint")
+    return 0
+
+
 SUBCOMMANDS: dict[str, Command] = {
     # the analyses report their own checks on stdout
     "theory": Command("IID N(0,1) scores under no scaling, LogN and scale-invariant logits: global entropy vs N, "
@@ -124,4 +193,7 @@ SUBCOMMANDS: dict[str, Command] = {
     "model": Command("The same metrics on trained checkpoints' real attention logits (per layer and the mean over "
                      "layers and heads) and QQ plots of their raw scores against N(0, 1).",
                      ModelAnalysisConfig, _model_main, report_on_stdout=True),
+    "needle": Command("Attention mass on the needle tokens of retrieval prompts (needle or passkey), per layer "
+                      "and head, at each length, for trained or fine-tuned checkpoints; tables, heat maps and the "
+                      "best head's mass against the length.", NeedleAttentionRun, _needle_main),
 }
