@@ -163,6 +163,28 @@ def test_a_run_stopped_in_its_needle_phase_takes_it_up_at_the_unfinished_step(tm
     assert summary["reused_phases"] == ["eval", "passkey", "train"]
 
 
+@pytest.mark.slow
+def test_a_run_trained_on_another_backend_is_evaluated_on_the_common_one(tmp_path, tiny_data, monkeypatch):
+    """The backend of a run spec is its pre-training's; every evaluation loads the checkpoint with EVAL_BACKEND."""
+    from siattn.evaluation import checkpoints
+
+    study = dataclasses.replace(tiny_study(tiny_data), runs=(RunSpec("si-p-rope", backend="reference"),),
+                                passkey=dataclasses.replace(TINY, task="passkey", trials=1))
+    loaded, real = [], checkpoints.load_for_eval
+
+    def recording(path, device="cpu", **kwargs):
+        ckpt = real(path, device, **kwargs)
+        loaded.append(ckpt.config.attn_backend)
+        return ckpt
+
+    monkeypatch.setattr(checkpoints, "load_for_eval", recording)
+    folder = grid.run_one(study, "si-p-rope-s0-reference", tmp_path / "out", scratch=tmp_path / "scratch",
+                          device="cpu", progress=False)
+    summary = json.loads((folder / "run.json").read_text())
+    assert summary["train_config"]["model"]["attn_backend"] == "reference"
+    assert loaded == [grid.EVAL_BACKEND] * 3  # loss by length, needle, passkey
+
+
 def _fake_run(out, study, spec, val, needle):
     folder = out / "runs" / spec.run_id
     folder.mkdir(parents=True)

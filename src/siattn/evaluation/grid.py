@@ -1,7 +1,7 @@
 """The comparison grid: studies as data, one run of a study in one call, the table from the committed runs.
 
 A :class:`Study` fixes its whole protocol before any run: the preset and its overrides, the runs (method, seed,
-attention backend, extension methods evaluated on the run's checkpoint, extra evaluation lengths), the
+attention backend of the training, extension methods evaluated on the run's checkpoint, extra evaluation lengths), the
 validation lengths and token count, and the needle and passkey fine-tuning schedules. :func:`run_one` does one
 run end to end — train, loss by length, needle, passkey — in a scratch folder and then writes its compact
 results (never its checkpoint) to ``OUT/runs/<run id>/``:
@@ -63,13 +63,20 @@ class Retrieval:
     attention_trials: int = 10  # examples per length whose attention mass on the needles is measured (0: off)
 
 
+# Every run is evaluated (loss by length, retrieval fine-tuning and decoding, attention measurement) with the same
+# backend, whatever its pre-training ran on: a run that differs only in its training backend then differs in its
+# numbers only through its weights. FlexAttention, compiled for static shapes, would also compile again for every
+# prompt length and every decoding step.
+EVAL_BACKEND = "auto"
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One training run of a study and what is evaluated on its checkpoint."""
 
     method: str
     seed: int = 0
-    backend: str | None = None  # attention backend (None: auto)
+    backend: str | None = None  # attention backend of the pre-training (None: auto); EVAL_BACKEND evaluates
     extensions: tuple[str, ...] = ()  # methods evaluated on this checkpoint (rope-ntk and yarn on rope, ...)
     extra_multipliers: tuple[int, ...] = ()  # evaluation lengths beyond the study's, for loss and retrieval
     overrides: tuple[tuple[str, Any], ...] = ()  # TrainConfig / GPTConfig fields (tau, seq_len, ...)
@@ -414,7 +421,7 @@ def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str 
         log(f"{run_id}: training finished in an earlier attempt ({trained['checkpoint']}); going on from there")
     checkpoint = Path(trained["checkpoint"])
 
-    ckpt = load_for_eval(checkpoint, info.device)
+    ckpt = load_for_eval(checkpoint, info.device, attn_backend=EVAL_BACKEND)
     ds = TokenDataset(ckpt.train_config.data)
     L = ckpt.train_length
     multipliers = sorted({*study.multipliers, *spec.extra_multipliers})
@@ -444,7 +451,7 @@ def run_one(study: Study, run_id: str, out: Path, *, scratch: Path, device: str 
             continue
         done.pop(protocol.task, None)
         t0 = time.perf_counter()
-        base = load_for_eval(checkpoint, info.device).model
+        base = load_for_eval(checkpoint, info.device, attn_backend=EVAL_BACKEND).model
         models = {m: (lambda m=m, b=base: under_method(b, m)) for m in methods}
         partial = run_dir / PHASES / protocol.task / json_sha256(asked)[:16]  # another protocol: another folder
         retrieved[protocol.task] = retrieval(protocol, models, base, ckpt.train_config, ds, lengths, L, progress,
