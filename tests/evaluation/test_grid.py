@@ -280,3 +280,17 @@ def test_the_gpu_grid_stays_under_one_pass_of_its_data():
     config = resolve_config("gpu-small")
     python_all_bytes = 300_750_195  # training bytes of python-all here (results/data-prepare), the smaller corpus
     assert config.steps * config.tokens_per_step < python_all_bytes
+
+
+def test_retrieval_scale_has_three_model_sizes_between_cpu_tiny_and_gpu_small(tmp_path):
+    from siattn.model.gpt import count_parameters
+    from siattn.training import resolve_config
+
+    def parameters(config):
+        return count_parameters(dataclasses.replace(config.model, vocab_size=256))  # the byte vocabulary
+
+    low, high = parameters(resolve_config("cpu-tiny")), parameters(resolve_config("gpu-small"))
+    study = grid.get_study("retrieval-scale")
+    # to 0.1M: LogN's per-head scales add a few parameters to a size, not another size
+    sizes = {round(parameters(grid.train_config(study, spec, tmp_path)), -5) for spec in study.runs}
+    assert len({n for n in sizes if low < n < high}) >= 3, (low, sorted(sizes), high)

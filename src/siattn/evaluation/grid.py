@@ -141,8 +141,8 @@ _GPU_SMALL_RUNS = (
     *_seeds("p-rope", (1, 2)),
 )
 
-# model sizes between cpu-tiny (0.87M) and gpu-small (25.5M, whose runs are the grid's): 0.5M, 3.3M, 10.9M
-_SIZES = {"xs": (("n_layer", 2), ("n_embd", 128), ("n_head", 1)),
+# model sizes between cpu-tiny (0.87M) and gpu-small (25.5M, whose runs are the grid's): 1.74M, 3.31M, 10.9M
+_SIZES = {"xs": (("n_layer", 2), ("n_embd", 256), ("n_head", 2)),
           "s": (("n_layer", 4), ("n_embd", 256), ("n_head", 2)),
           "m": (("n_layer", 6), ("n_embd", 384), ("n_head", 3))}
 _RETRIEVAL_SCALE_RUNS = (
