@@ -185,6 +185,7 @@ def test_cli_writes_json_markdown_and_figures_for_each_checkpoint(run_folders, t
     summary = json.loads((out / "model.json").read_text())
     assert [c["label"] for c in summary["checkpoints"]] == ["si-p-rope", "rope"]
     assert all(c["length"] == 64 for c in summary["checkpoints"])  # 2 × the training length
+    assert summary["commit"] and summary["hardware"].startswith("CPU ") and "analyze model" in summary["command"]
     assert "| si-p-rope |" in (out / "model.md").read_text()
     for name in ("si-p-rope", "rope"):
         details = json.loads((out / name / "model.json").read_text())

@@ -67,6 +67,8 @@ def _model_main(args: ModelAnalysisConfig, _: argparse.Namespace | None = None) 
     from siattn.data import DataError, validation_windows
     from siattn.errors import check_output_folder
     from siattn.evaluation.checkpoints import load_checkpoints, open_validation_data, resolve_device
+    from siattn.io import command_line
+    from siattn.provenance import environment
     from siattn.training import CheckpointError
 
     check_output_folder("--out", args.out)
@@ -108,11 +110,13 @@ def _model_main(args: ModelAnalysisConfig, _: argparse.Namespace | None = None) 
                                                   "data": r["data"], "length": r["config"]["length"],
                                                   "sampled_n": r["sampled_n"], "mean": r["mean"]}
                                for r in everything],
-               "runtime_s": time.perf_counter() - start, "figures": [p.name for p in figures]}
+               "runtime_s": time.perf_counter() - start, "figures": [p.name for p in figures],
+               "command": command_line(args, "analyze model"), **environment(device)}
     write_json(out / "model.json", _finite(summary))
     md = model_report.summary_markdown(everything)
     md += "\nPer checkpoint: " + ", ".join(f"`{r['checkpoint']['label']}/model.md`" for r in everything)
     md += (". Comparison figures: " + ", ".join(f"`{p.name}`" for p in figures) + ".\n") if figures else ".\n"
+    md += f"\nCommand: `{summary['command']}`  \nCommit {summary['commit']}; {summary['hardware']}; {summary['date']}\n"
     write_text(out / "model.md", md)
     print(f"wrote {out / 'model.json'}, {out / 'model.md'} and figures under {out} in "
           f"{summary['runtime_s']:.1f} s")
