@@ -77,6 +77,8 @@ def _model_main(args: ModelAnalysisConfig, _: argparse.Namespace | None = None) 
     start = time.perf_counter()
     try:
         device = resolve_device(args.device)
+        # before anything is written: a tracked result file rewritten would mark the commit "+dirty"
+        made_by = {"command": command_line(args, "analyze model"), **environment(device)}
         for ckpt in load_checkpoints(args.checkpoint, device):
             cfg = args.stats_config(ckpt.train_length)
             data = args.data or (ckpt.train_config.data if ckpt.train_config is not None else None) or DEFAULT_DATA
@@ -110,8 +112,7 @@ def _model_main(args: ModelAnalysisConfig, _: argparse.Namespace | None = None) 
                                                   "data": r["data"], "length": r["config"]["length"],
                                                   "sampled_n": r["sampled_n"], "mean": r["mean"]}
                                for r in everything],
-               "runtime_s": time.perf_counter() - start, "figures": [p.name for p in figures],
-               "command": command_line(args, "analyze model"), **environment(device)}
+               "runtime_s": time.perf_counter() - start, "figures": [p.name for p in figures], **made_by}
     write_json(out / "model.json", _finite(summary))
     md = model_report.summary_markdown(everything)
     md += "\nPer checkpoint: " + ", ".join(f"`{r['checkpoint']['label']}/model.md`" for r in everything)
