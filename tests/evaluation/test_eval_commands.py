@@ -110,6 +110,8 @@ def test_needle_measures_attention_on_the_needles_when_asked_and_keeps_it_on_res
     assert attention["config"]["trials"] == 2 and list(attention["lengths"]) == ["384"]
     cell = attention["lengths"]["384"]
     assert all(0.0 <= m <= 1.0 for row in cell["mass"] for m in row) and 0.0 < cell["uniform"] < 1.0
+    label = next(iter(stage))
+    assert (tmp_path / f"passkey-attention-{label}-zero-shot.png").read_bytes()[:4] == b"\x89PNG"
     assert run(*args) == 0  # every length kept: the measurement is kept with it
     (again,) = json.loads((tmp_path / "passkey.json").read_text())["checkpoints"].values()
     assert again["stages"]["zero-shot"]["attention"] == attention

@@ -9,9 +9,10 @@ decode greedily with the KV cache on ``--trials`` examples per length (haystacks
 at 1×, 4×, 16× the training length. passkey: the same, zero-shot by default (``--finetune`` adds a
 fine-tuned stage).
 Writes ``{task}.json`` (every trial's output), ``{task}.md`` (accuracy, rows: checkpoints, columns: lengths)
-and ``{task}-heatmap-{stage}.png`` (accuracy by needle depth × length). Finished lengths in ``{task}.json``
-with the same settings are kept (``--no-resume`` redoes them); ``--save-finetuned`` keeps the fine-tuned
-weights, which a resumed run reuses instead of fine-tuning again.
+and ``{task}-heatmap-{stage}.png`` (accuracy by needle depth × length); with ``--attention-trials``,
+``{task}-attention-{label}-{stage}.png`` (attention mass on the needles per layer × head at each length).
+Finished lengths in ``{task}.json`` with the same settings are kept (``--no-resume`` redoes them);
+``--save-finetuned`` keeps the fine-tuned weights, which a resumed run reuses instead of fine-tuning again.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def stage_settings(args: NeedleConfig, stage: str, ckpt: Checkpoint, batch: int)
 
 def write_reports(out: Path, result: dict[str, Any], depth_bins: int) -> str:
     """{task}.md and the heat maps from the JSON contents; returns the accuracy table."""
+    from siattn.analysis.needle_attention import plot_mass_maps
     from siattn.evaluation.needle import depth_accuracy
     from siattn.evaluation.plots import plot_depth_heatmaps
 
@@ -93,6 +95,11 @@ def write_reports(out: Path, result: dict[str, Any], depth_bins: int) -> str:
     for stage, ps in panels.items():
         plot_depth_heatmaps(ps, out / f"{task}-heatmap-{stage}.png",
                             title=f"{task}: accuracy by depth and length")
+    for label, e in entries.items():
+        for stage, st in e["stages"].items():
+            if st.get("attention"):
+                plot_mass_maps(st["attention"], out / f"{task}-attention-{label}-{stage}.png",
+                               title=f"{label} ({stage}): attention mass on the {task} tokens")
     return table
 
 
