@@ -651,10 +651,19 @@ def _attention_table(rows: list[Row], mults: list[int], data: dict[str, Any]) ->
                 data[r.label][f"attention_{task}@{m}"] = {"mean": mean, "se": se, "n": n}
         measured = max(len(v) for by_mult in r.attention.values() for v in by_mult.values())
         body.append([r.label, measured, *cells])
-    uniform = [float(np.mean([v for r in rows for v in r.uniform.get(task, {}).get(m, [])] or [np.nan]))
-               for task in TASKS for m in mults]
-    body.append(["uniform share", "", *[None if math.isnan(u) else f"{u:.4f}" for u in uniform]])
+    shares = {task: uniform_shares(rows, task) for task in TASKS}
+    body.append(["uniform share", "", *[None if m not in shares[task] else f"{shares[task][m]:.4f}"
+                                        for task in TASKS for m in mults]])
     return markdown_table(header, body)
+
+
+def uniform_shares(rows: list[Row], task: str) -> dict[int, float]:
+    """multiple -> the needle tokens' share of the keys in ``task``, the mean over every run that measured it."""
+    found: dict[int, list[float]] = {}
+    for r in rows:
+        for m, values in r.uniform.get(task, {}).items():
+            found.setdefault(m, []).extend(values)
+    return {m: float(np.mean(values)) for m, values in found.items()}
 
 
 def plot_study(study: Study, runs: dict[str, dict[str, Any]], rows: list[Row], out: Path) -> None:
@@ -700,12 +709,8 @@ def plot_study(study: Study, runs: dict[str, dict[str, Any]], rows: list[Row], o
         series = [{"label": r.label, "lengths": [m * train_length for m in sorted(r.attention[task])],
                    "mass": [float(np.mean(r.attention[task][m])) for m in sorted(r.attention[task])]}
                   for r in rows if r.attention.get(task)]
-        shares: dict[int, list[float]] = {}
-        for r in rows:
-            for m, values in r.uniform.get(task, {}).items():
-                shares.setdefault(m * train_length, []).extend(values)
-        uniform = {n: float(np.mean(v)) for n, v in shares.items()}
         if series:
+            uniform = {m * train_length: share for m, share in uniform_shares(rows, task).items()}
             mass_panels.append({"title": task, "series": series, "uniform": uniform})
     if mass_panels:
         plot_mass_by_length(mass_panels, out / "needle-attention.png",

@@ -60,6 +60,11 @@ def _theory_main(run: TheoryRun, _: argparse.Namespace | None = None) -> int:
     return 0
 
 
+def _made_by(record: dict) -> str:
+    """The Markdown line under a report: the command, and the commit, hardware and date it ran at."""
+    return f"\nCommand: `{record['command']}`  \nCommit {record['commit']}; {record['hardware']}; {record['date']}\n"
+
+
 def _model_main(args: ModelAnalysisConfig, _: argparse.Namespace | None = None) -> int:
     from tqdm import tqdm
 
@@ -117,7 +122,7 @@ def _model_main(args: ModelAnalysisConfig, _: argparse.Namespace | None = None) 
     md = model_report.summary_markdown(everything)
     md += "\nPer checkpoint: " + ", ".join(f"`{r['checkpoint']['label']}/model.md`" for r in everything)
     md += (". Comparison figures: " + ", ".join(f"`{p.name}`" for p in figures) + ".\n") if figures else ".\n"
-    md += f"\nCommand: `{summary['command']}`  \nCommit {summary['commit']}; {summary['hardware']}; {summary['date']}\n"
+    md += _made_by(summary)
     write_text(out / "model.md", md)
     print(f"wrote {out / 'model.json'}, {out / 'model.md'} and figures under {out} in "
           f"{summary['runtime_s']:.1f} s")
@@ -167,7 +172,8 @@ def _needle_main(args: NeedleAttentionRun, _: argparse.Namespace | None = None) 
     lengths = sorted({int(n) for r in summary["checkpoints"].values() for n in r["lengths"]})
     trains = {r["train_length"] for r in summary["checkpoints"].values()}
     common = next(iter(trains)) if len(trains) == 1 else None
-    body = [[label, *[best_head_mass(r).get(n) for n in lengths]] for label, r in summary["checkpoints"].items()]
+    masses = {label: best_head_mass(r) for label, r in summary["checkpoints"].items()}
+    body = [[label, *[mass.get(n) for n in lengths]] for label, mass in masses.items()]
     uniform = [next((r["lengths"][str(n)]["uniform"] for r in summary["checkpoints"].values()
                      if str(n) in r["lengths"]), None) for n in lengths]
     table = markdown_table(["checkpoint", *[length_label(n, common) for n in lengths]],
@@ -178,11 +184,9 @@ def _needle_main(args: NeedleAttentionRun, _: argparse.Namespace | None = None) 
         f"\nThe best head's attention mass on the {args.task} sentence tokens (the largest over layers and heads "
         f"of the mean over {args.trials} examples per length, seed {args.seed}), while the model reads the answer "
         "teacher-forced; uniform share: what attention spread evenly over the keys would give. Per layer and "
-        "head: each checkpoint's folder.\n",
-        f"Command: `{summary['command']}`  \nCommit {summary['commit']}; {summary['hardware']}; {summary['date']}\n"]))
-    series = [{"label": label, "lengths": sorted(best_head_mass(r)),
-               "mass": [best_head_mass(r)[n] for n in sorted(best_head_mass(r))]}
-              for label, r in summary["checkpoints"].items()]
+        "head: each checkpoint's folder.", _made_by(summary)]))
+    series = [{"label": label, "lengths": sorted(mass), "mass": [mass[n] for n in sorted(mass)]}
+              for label, mass in masses.items()]
     plot_mass_by_length([{"title": args.task, "series": series,
                           "uniform": {n: u for n, u in zip(lengths, uniform) if u is not None}}],
                         out / f"{args.task}-attention.png", title="the best head's attention on the needle tokens")
